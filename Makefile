@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+# The virtual environment is built from the pinned lock file (requirements.lock) with Python 3.10.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+OUTPUT_DIR ?= outputs/local
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test lock clean
+export TF_USE_LEGACY_KERAS := 1
+
+$(PY): requirements.lock
+	@v=$$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	if [ "$$v" != "3.10" ]; then echo "Python 3.10 is required (python3 is $$v): install it, or use pyenv, which picks 3.10 from .python-version" >&2; exit 1; fi
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip uv
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.lock
+	@touch $(PY)
+
+run: $(PY)
+	$(PY) tfx_runner.py run --output-dir $(OUTPUT_DIR) $(RUN_ARGS)
+
+test: $(PY)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Re-resolve the pinned set after editing requirements.in.
+lock: $(PY)
+	$(VENV)/bin/uv pip compile --quiet requirements.in --python-version 3.10 \
+	  --python-platform x86_64-manylinux_2_36 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) outputs

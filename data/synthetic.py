@@ -1,0 +1,124 @@
+"""Seeded generator of realistic multi-domain click logs: the project's embedded default data.
+
+Seven domains with skewed traffic (home feed about 40% of rows, new-user about 2%) share users, items,
+categories and contexts. A hidden model decides clicks:
+
+    logit = b + b_item + b_d + c_{d,ctx} + p_d * price
+          + s * <u, v>            (preferences shared by every domain)
+          + t * <u, M_d v>        (domain-specific preferences)
+
+so one shared model gets part of the signal and per-domain adaptation the rest. A conversion can only
+follow a click: P(conversion | click) = sigmoid(b_cvr + <u, w>), P(conversion | no click) = 0.
+"""
+import os
+from typing import Dict
+
+import numpy as np
+import pandas as pd
+
+from models.features import FeatureSpec
+
+DOMAIN_SHARES = {
+    'home_feed': 0.40,
+    'search': 0.22,
+    'banner': 0.14,
+    'after_purchase': 0.10,
+    'live': 0.07,
+    'coupon': 0.05,
+    'new_user': 0.02,
+}
+CONTEXTS = [f'{device}_{daypart}' for device in ('app', 'web', 'pad') for daypart in ('morning', 'day', 'night')]
+NUM_CATEGORIES = 40
+LATENT_DIM = 8
+SHARED_WEIGHT, DOMAIN_WEIGHT = 1.6, 1.6
+DEFAULT_ROWS = 200_000
+
+FEATURE_SPEC = FeatureSpec(
+    domain='domain',
+    domains=list(DOMAIN_SHARES),
+    label='click',
+    vocab=['item_id', 'category', 'context'],
+    hashed={'user_id': 50_000},
+    numeric=['price', 'user_activity'],
+    extra_labels=['conversion'],
+    user='user_id',
+)
+COLUMN_TYPES: Dict[str, str] = {
+    'domain': 'BYTES', 'user_id': 'INT', 'item_id': 'INT', 'category': 'INT', 'context': 'BYTES',
+    'price': 'FLOAT', 'user_activity': 'FLOAT', 'click': 'INT', 'conversion': 'INT',
+}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _zipf_choice(rng: np.random.Generator, n: int, size: int, exponent: float = 1.05) -> np.ndarray:
+  """Indices in [0, n) with a long-tailed popularity, as in real traffic."""
+  weights = 1.0 / np.arange(1, n + 1) ** exponent
+  return rng.choice(n, size=size, p=weights / weights.sum())
+
+
+def generate(num_rows: int = DEFAULT_ROWS, seed: int = 0) -> pd.DataFrame:
+  """Returns `num_rows` click-log rows with the columns of `FEATURE_SPEC`, identical for equal seeds."""
+  if num_rows < len(DOMAIN_SHARES):
+    raise ValueError(f'num_rows must be at least {len(DOMAIN_SHARES)} (one per domain), got {num_rows}.')
+  rng = np.random.default_rng(seed)
+  num_users = max(500, num_rows // 25)
+  num_items = max(300, num_rows // 60)
+  num_domains = len(DOMAIN_SHARES)
+
+  # The hidden world: latent tastes shared across domains, and each domain's own twist on them.
+  user_taste = rng.normal(size=(num_users, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+  user_cvr = rng.normal(size=(num_users, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+  user_activity = rng.gamma(2.0, 1.0, size=num_users)
+  item_category = rng.integers(0, NUM_CATEGORIES, size=num_items)
+  category_taste = rng.normal(size=(NUM_CATEGORIES, LATENT_DIM))
+  item_taste = (category_taste[item_category] + rng.normal(size=(num_items, LATENT_DIM))) / np.sqrt(2 * LATENT_DIM)
+  item_cvr = rng.normal(size=(num_items, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+  item_bias = rng.normal(0.0, 0.4, size=num_items)
+  item_price = np.round(rng.lognormal(3.0, 0.8, size=num_items), 2)
+  domain_bias = rng.normal(0.0, 0.5, size=num_domains)
+  domain_context = rng.normal(0.0, 0.5, size=(num_domains, len(CONTEXTS)))
+  domain_price = rng.normal(0.0, 0.5, size=num_domains)
+  domain_twist = rng.normal(size=(num_domains, LATENT_DIM, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+
+  shares = np.array(list(DOMAIN_SHARES.values()))
+  domain = rng.choice(num_domains, size=num_rows, p=shares / shares.sum())
+  domain[:num_domains] = np.arange(num_domains)  # every domain appears, even in tiny samples
+  user = _zipf_choice(rng, num_users, num_rows, exponent=0.8)
+  item = _zipf_choice(rng, num_items, num_rows)
+  context = rng.integers(0, len(CONTEXTS), size=num_rows)
+
+  log_price = (np.log(item_price[item]) - 3.0) / 0.8
+  shared = np.einsum('nk,nk->n', user_taste[user], item_taste[item])
+  twisted_items = np.einsum('nkj,nj->nk', domain_twist[domain], item_taste[item])
+  specific = np.einsum('nk,nk->n', user_taste[user], twisted_items)
+  logit = (-2.0 + item_bias[item] + domain_bias[domain] + domain_context[domain, context]
+           + domain_price[domain] * log_price + SHARED_WEIGHT * shared * np.sqrt(LATENT_DIM)
+           + DOMAIN_WEIGHT * specific * np.sqrt(LATENT_DIM))
+  click = rng.random(num_rows) < _sigmoid(logit)
+  cvr_logit = -1.0 + 2.0 * np.einsum('nk,nk->n', user_cvr[user], item_cvr[item]) * np.sqrt(LATENT_DIM)
+  conversion = click & (rng.random(num_rows) < _sigmoid(cvr_logit))
+
+  domain_names = np.array(list(DOMAIN_SHARES))
+  return pd.DataFrame({
+      'domain': domain_names[domain],
+      'user_id': user + 1,
+      'item_id': item + 1,
+      'category': item_category[item] + 1,
+      'context': np.array(CONTEXTS)[context],
+      'price': item_price[item],
+      'user_activity': np.round(user_activity[user], 3),
+      'click': click.astype(np.int64),
+      'conversion': conversion.astype(np.int64),
+  })
+
+
+def write_csv(frame: pd.DataFrame, directory: str, filename: str = 'data.csv') -> str:
+  """Writes `frame` as a CSV with a header, floats always with a decimal point so types stay stable."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, filename)
+  frame.to_csv(path + '.tmp', index=False, float_format='%.4f')
+  os.replace(path + '.tmp', path)  # never leave a half-written input behind
+  return path

@@ -1,0 +1,137 @@
+"""TFX Trainer module: `pretrain_run_fn` trains the backbone on every domain, `finetune_run_fn` freezes its
+dense weights and trains one MLoRA adapter per domain (and the embeddings).
+
+Both export a TF Serving SavedModel (`serving_default` on serialized tf.Example with the Transform graph
+inside, `transform_features` for the Evaluator) and keep the bare Keras model beside it in the same Model
+artifact, where the next stage loads it from.
+"""
+import logging
+import os
+import time
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+import tf_keras  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+from tfx_bsl.public import tfxio  # noqa: E402
+
+from models import model as model_lib  # noqa: E402
+from models.features import FeatureSpec  # noqa: E402
+from models.preprocessing import vocabulary_sizes  # noqa: E402
+
+_LOG = logging.getLogger(__name__)
+EPOCHS = 5  # the training steps are logged in this many chunks, each with its throughput
+
+
+def keras_model_path(model_artifact_dir: str) -> str:
+  """Where a stage keeps its bare Keras model, given the Model artifact's `Format-Serving` directory."""
+  return os.path.join(os.path.dirname(model_artifact_dir), 'keras', 'model.keras')
+
+
+class ThroughputLogger(tf_keras.callbacks.Callback):
+  """Logs training examples/second for every epoch, validation time excluded (the figure benchmarks quote)."""
+
+  def __init__(self, batch_size: int, steps_per_epoch: int):
+    super().__init__()
+    self.examples_per_epoch = batch_size * steps_per_epoch
+    self.rates = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+    self._train_seconds = None
+
+  def on_test_begin(self, logs=None):  # validation starts: the epoch's training part is over
+    self._train_seconds = time.perf_counter() - self._start
+
+  def on_epoch_end(self, epoch, logs=None):
+    rate = self.examples_per_epoch / (self._train_seconds or time.perf_counter() - self._start)
+    self.rates.append(rate)
+    metrics = ' '.join(f'{k}={v:.4f}' for k, v in (logs or {}).items())
+    _LOG.info('epoch %d: %.0f training examples/s %s', epoch + 1, rate, metrics)
+
+
+def input_fn(file_pattern, data_accessor, tf_transform_output, spec: FeatureSpec, batch_size: int, seed: int,
+             feature_names):
+  """Batches of (model features, click label) from Transform's materialized examples."""
+  dataset = data_accessor.tf_dataset_factory(
+      file_pattern,
+      tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=spec.label, shuffle_seed=seed),
+      tf_transform_output.transformed_metadata.schema)
+  return dataset.map(lambda features, label: ({k: features[k] for k in feature_names}, label),
+                     num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def serving_signatures(model, tf_transform_output, spec: FeatureSpec):
+  """`serving_default`: serialized tf.Example of raw features -> {'ctr': click probability};
+  `transform_features`: the same input -> transformed features (used by the Evaluator)."""
+  model.tft_layer = tf_transform_output.transform_features_layer()  # tracked, so it is saved
+  raw_spec = tf_transform_output.raw_feature_spec()
+  serving_spec = {k: v for k, v in raw_spec.items() if k not in spec.label_columns}
+  feature_names = list(model.input.keys())
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+  def serve(serialized):
+    transformed = model.tft_layer(tf.io.parse_example(serialized, serving_spec))
+    return {model_lib.PREDICTION: model({k: transformed[k] for k in feature_names})}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+  def transform_features(serialized):
+    return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
+
+  return {'serving_default': serve, 'transform_features': transform_features}
+
+
+def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spec: FeatureSpec,
+                      tf_transform_output, config: dict) -> None:
+  batch_size, seed = config['batch_size'], config['seed']
+  feature_names = list(model.input.keys())
+  train = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
+                   feature_names)
+  evaluation = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
+                        feature_names)
+  model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']),
+                loss=tf_keras.losses.BinaryCrossentropy(), metrics=[tf_keras.metrics.AUC(name='auc')])
+  epochs = min(EPOCHS, fn_args.train_steps)
+  steps_per_epoch = fn_args.train_steps // epochs
+  throughput = ThroughputLogger(batch_size, steps_per_epoch)
+  model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=evaluation,
+            validation_steps=fn_args.eval_steps, callbacks=[throughput], verbose=0)
+  _LOG.info('training throughput: %.0f examples/s (mean of epochs after the first)',
+                    sum(throughput.rates[1:] or throughput.rates) / len(throughput.rates[1:] or throughput.rates))
+
+  keras_path = keras_model_path(fn_args.serving_model_dir)
+  tf.io.gfile.makedirs(os.path.dirname(keras_path))
+  model.save(keras_path)
+  tf.saved_model.save(model, fn_args.serving_model_dir,
+                      signatures=serving_signatures(model, tf_transform_output, spec))
+
+
+def _setup(fn_args):
+  assert tf_keras.__version__.startswith('2.'), f'Keras 2 (tf_keras) required, got {tf_keras.__version__}'
+  config = fn_args.custom_config
+  tf_keras.utils.set_random_seed(config['seed'])
+  spec = FeatureSpec.from_dict(config['feature_spec'])
+  tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+  return config, spec, tf_transform_output
+
+
+def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
+  """Stage 1: the shared backbone, trained on every domain together."""
+  config, spec, tf_transform_output = _setup(fn_args)
+  model = model_lib.build_model(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'],
+                                config['embedding_dim'])
+  _train_and_export(fn_args, model, spec, tf_transform_output, config)
+
+
+def finetune_run_fn(fn_args: tfx.components.FnArgs) -> None:
+  """Stage 2: the pretrained backbone frozen, one MLoRA adapter per domain on every dense layer."""
+  config, spec, tf_transform_output = _setup(fn_args)
+  if not fn_args.base_model:
+    raise ValueError('The fine-tune Trainer needs base_model: wire it to the pretrain Trainer\'s model.')
+  pretrained = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
+  model = model_lib.build_model(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'],
+                                config['embedding_dim'], adapters=True, alpha=config['alpha'])
+  model_lib.load_backbone_weights(model, pretrained)
+  _train_and_export(fn_args, model, spec, tf_transform_output, config)

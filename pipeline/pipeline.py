@@ -1,0 +1,124 @@
+"""The multi-domain CTR pipeline: validate, transform, pretrain the backbone, fine-tune MLoRA adapters,
+gate on per-domain AUC, push for TF Serving."""
+import json
+from typing import List, Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.proto import example_gen_pb2
+
+from components.anomalies_gate import AnomaliesGate
+from pipeline.config import PipelineConfig, input_format, input_splits
+
+PREPROCESSING_FN = 'models.preprocessing.preprocessing_fn'
+PRETRAIN_RUN_FN = 'models.trainer.pretrain_run_fn'
+FINETUNE_RUN_FN = 'models.trainer.finetune_run_fn'
+PREDICTION_KEY = 'ctr'
+
+
+def example_gen(config: PipelineConfig):
+  """Reads the raw input: a fixed train/eval(/test) split from subfolders, or one pool split 4:1 by a
+  hash of each example (deterministic)."""
+  splits = input_splits(config.data_path)
+  if splits:
+    input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name=s, pattern=f'{s}/*')
+                                                 for s in splits])
+    output_config = None
+  else:
+    input_config = None
+    output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=4),
+        example_gen_pb2.SplitConfig.Split(name='eval', hash_buckets=1)]))
+  component = (tfx.components.CsvExampleGen if input_format(config.data_path) == 'csv'
+               else tfx.components.ImportExampleGen)
+  return component(input_base=config.data_path, input_config=input_config, output_config=output_config)
+
+
+def evaluation_split(config: PipelineConfig) -> str:
+  """The split the Evaluator scores: the held-out test split when the input has one."""
+  return 'test' if 'test' in (input_splits(config.data_path) or []) else 'eval'
+
+
+def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
+  """AUC per domain slice and overall, WAUC, and (with `gate`) the thresholds that decide the blessing:
+  every slice's AUC at least `min_domain_auc` and no worse than the latest blessed model by more than
+  `max_auc_drop`; the same change bound for WAUC."""
+  domain = config.feature_spec.domain
+
+  def threshold(min_value: Optional[float]):
+    if not gate:
+      return None
+    return tfma.MetricThreshold(
+        value_threshold=(tfma.GenericValueThreshold(lower_bound={'value': min_value})
+                         if min_value is not None else None),
+        change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                                     absolute={'value': -config.max_auc_drop}))
+
+  return tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(signature_name='serving_default', label_key=config.feature_spec.label,
+                                  prediction_key=PREDICTION_KEY, model_type='tf_generic')],
+      slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[domain])],
+      metrics_specs=[tfma.MetricsSpec(metrics=[
+          tfma.MetricConfig(class_name='ExampleCount'),
+          tfma.MetricConfig(class_name='AUC', threshold=threshold(config.min_domain_auc)),
+          tfma.MetricConfig(class_name='BinaryCrossentropy'),
+          tfma.MetricConfig(class_name='MeanPrediction'),
+          tfma.MetricConfig(class_name='MeanLabel'),
+          tfma.MetricConfig(class_name='WeightedDomainAUC', module='components.wauc_metric',
+                            config=json.dumps({'domain_key': domain}), threshold=threshold(None)),
+      ])])
+
+
+def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+  """The pipeline, top to bottom."""
+  examples = example_gen(config)
+  statistics = tfx.components.StatisticsGen(examples=examples.outputs['examples'])
+  schema = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
+  validator = tfx.components.ExampleValidator(statistics=statistics.outputs['statistics'],
+                                              schema=schema.outputs['schema'])
+  gate = AnomaliesGate(anomalies=validator.outputs['anomalies'], statistics=statistics.outputs['statistics'],
+                       schema_hint=config.schema_path)
+
+  transform = tfx.components.Transform(
+      examples=examples.outputs['examples'], schema=schema.outputs['schema'], preprocessing_fn=PREPROCESSING_FN,
+      custom_config={'feature_spec': config.feature_spec.to_dict()})
+  transform.add_upstream_node(gate)  # no feature engineering, hence no training, on data that failed validation
+
+  def trainer(stage: str, run_fn: str, steps: int, base_model=None):
+    return tfx.components.Trainer(
+        run_fn=run_fn, examples=transform.outputs['transformed_examples'],
+        transform_graph=transform.outputs['transform_graph'], schema=schema.outputs['schema'],
+        base_model=base_model, train_args=tfx.proto.TrainArgs(num_steps=steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
+        custom_config=config.trainer_config(stage))
+
+  pretrain = trainer('pretrain', PRETRAIN_RUN_FN, config.pretrain_steps).with_id('PretrainTrainer')
+  finetune = trainer('finetune', FINETUNE_RUN_FN, config.finetune_steps,
+                     base_model=pretrain.outputs['model']).with_id('FinetuneTrainer')
+
+  # The pretrained backbone is scored on the same split, without a gate, for the before/after report.
+  split = evaluation_split(config)
+  pretrain_evaluator = tfx.components.Evaluator(
+      examples=examples.outputs['examples'], model=pretrain.outputs['model'], example_splits=[split],
+      eval_config=eval_config(config, gate=False)).with_id('PretrainEvaluator')
+  latest_blessed = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+  ).with_id('LatestBlessedModelResolver')
+  evaluator = tfx.components.Evaluator(
+      examples=examples.outputs['examples'], model=finetune.outputs['model'], example_splits=[split],
+      baseline_model=latest_blessed.outputs['model'], eval_config=eval_config(config, gate=True))
+  pusher = tfx.components.Pusher(
+      model=finetune.outputs['model'], model_blessing=evaluator.outputs['blessing'],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)))
+
+  components: List = [examples, statistics, schema, validator, gate, transform, pretrain, finetune,
+                      pretrain_evaluator, latest_blessed, evaluator, pusher]
+  return tfx.dsl.Pipeline(
+      pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root, components=components,
+      enable_cache=False,
+      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+          config.metadata_path),
+      beam_pipeline_args=config.beam_pipeline_args)

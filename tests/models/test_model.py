@@ -1,0 +1,96 @@
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from models import model as model_lib
+from models.features import DOMAIN_INDEX, FeatureSpec, transformed_name
+from models.layers.lora import DomainLoRADense
+
+SPEC = FeatureSpec(domain='domain', domains=['a', 'b', 'c'], label='click', vocab=['item'], hashed={'user': 50},
+                   numeric=['price'], multivalent={'tags': 3})
+VOCAB_SIZES = {'item': 20, 'user': 50, 'tags': 9}
+HIDDEN = (16, 8)
+
+
+def _features(n=64, seed=0, domains=None):
+  rng = np.random.default_rng(seed)
+  return {
+      DOMAIN_INDEX: tf.constant(rng.integers(0, 3, n) if domains is None else domains, tf.int64),
+      transformed_name('item'): tf.constant(rng.integers(0, 20, n), tf.int64),
+      transformed_name('user'): tf.constant(rng.integers(0, 50, n), tf.int64),
+      transformed_name('tags'): tf.constant(rng.integers(0, 9, (n, 3)), tf.int64),
+      transformed_name('price'): tf.constant(rng.normal(size=n), tf.float32),
+  }
+
+
+def _pretrained():
+  tf_keras.utils.set_random_seed(0)
+  backbone = model_lib.build_model(SPEC, VOCAB_SIZES, HIDDEN, embedding_dim=4)
+  backbone.compile('adam', 'binary_crossentropy')
+  backbone.fit(_features(), np.random.default_rng(1).integers(0, 2, 64), epochs=2, verbose=0)
+  return backbone
+
+
+def _finetune_model(pretrained, alpha=4):
+  model = model_lib.build_model(SPEC, VOCAB_SIZES, HIDDEN, embedding_dim=4, adapters=True, alpha=alpha)
+  model_lib.load_backbone_weights(model, pretrained)
+  return model
+
+
+def test_backbone_has_no_adapters():
+  assert model_lib.adapter_weights(_pretrained()) == []
+
+
+def test_every_dense_layer_gets_an_adapter_with_its_rank():
+  model = _finetune_model(_pretrained(), alpha=4)
+  ranks = {l.name: l.rank for l in model.layers if isinstance(l, DomainLoRADense)}
+  assert ranks == {'dense_0': 4, 'dense_1': 2, 'logit': 1}
+  assert all(l.num_domains == 3 for l in model.layers if isinstance(l, DomainLoRADense))
+
+
+def test_finetune_model_starts_equal_to_pretrained():
+  pretrained = _pretrained()
+  model = _finetune_model(pretrained)
+  features = _features(seed=3)
+  np.testing.assert_array_equal(model(features).numpy(), pretrained(features).numpy())
+
+
+def test_only_adapters_and_embeddings_train():
+  model = _finetune_model(_pretrained())
+  trainable = {w.name.split('/')[0] + '/' + w.name.split('/')[-1].split(':')[0] for w in model.trainable_weights}
+  assert all(name.endswith(('lora_a', 'lora_b')) or name.startswith('embedding_') for name in trainable)
+  assert {w.name for w in model_lib.adapter_weights(model)} <= {w.name for w in model.trainable_weights}
+  frozen = {w.name for w in model.non_trainable_weights}
+  assert {'dense_0/kernel:0', 'dense_0/bias:0', 'logit/kernel:0'} <= frozen
+
+
+def test_finetune_step_keeps_dense_weights_bit_identical():
+  model = _finetune_model(_pretrained())
+  dense_before = {w.name: w.numpy() for w in model.non_trainable_weights}
+  adapters_before = {w.name: w.numpy() for w in model_lib.adapter_weights(model)}
+  model.compile(tf_keras.optimizers.Adam(0.01), 'binary_crossentropy')
+  model.fit(_features(seed=5), np.random.default_rng(6).integers(0, 2, 64), epochs=3, verbose=0)
+  for weight in model.non_trainable_weights:
+    np.testing.assert_array_equal(weight.numpy(), dense_before[weight.name])
+  changed = [w.name for w in model_lib.adapter_weights(model) if not np.array_equal(w.numpy(), adapters_before[w.name])]
+  assert any('lora_b' in name for name in changed)
+
+
+def test_unknown_domain_is_scored_by_the_backbone_alone():
+  pretrained = _pretrained()
+  model = _finetune_model(pretrained)
+  for weight in model_lib.adapter_weights(model):
+    weight.assign(tf.random.normal(weight.shape, seed=2))
+  unknown = _features(n=8, seed=4, domains=[SPEC.num_domains] * 8)
+  np.testing.assert_allclose(model(unknown).numpy(), pretrained(unknown).numpy(), rtol=1e-6)
+  known = _features(n=8, seed=4, domains=[0] * 8)
+  assert not np.allclose(model(known).numpy(), pretrained(known).numpy())
+
+
+def test_keras_file_round_trip(tmp_path):
+  model = _finetune_model(_pretrained())
+  path = str(tmp_path / 'model.keras')
+  model.save(path)
+  reloaded = tf_keras.models.load_model(path)
+  features = _features(seed=9)
+  np.testing.assert_allclose(reloaded(features).numpy(), model(features).numpy(), rtol=1e-6)

@@ -1,0 +1,135 @@
+"""Entry point: `python tfx_runner.py run --output-dir DIR` runs the whole pipeline locally.
+
+Thin by design: parse flags into a PipelineConfig, run the pipeline with TFX's LocalDagRunner, print
+the report.
+"""
+import os
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # Keras 2 for TFX, TFT, TFMA and TFRS: before TF is imported
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _hidden_units(text: str):
+  try:
+    units = tuple(int(u) for u in text.split('-'))
+  except ValueError:
+    units = ()
+  if not units or min(units) < 1:
+    raise argparse.ArgumentTypeError(f'expected positive layer sizes joined by "-", like 256-128-64; got {text!r}')
+  return units
+
+
+def _positive(kind):
+  def parse(text):
+    value = kind(text)
+    if value <= 0:
+      raise argparse.ArgumentTypeError(f'must be positive, got {text}')
+    return value
+  return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='tfx_runner.py', description=__doc__.splitlines()[0])
+  commands = parser.add_subparsers(dest='command', required=True)
+  run = commands.add_parser(
+      'run', help='run the full pipeline locally (LocalDagRunner)',
+      description='Run ExampleGen -> validation -> Transform -> pretrain -> MLoRA fine-tune -> Evaluator -> '
+                  'Pusher locally, then print and save the per-domain report.')
+  run.add_argument('--output-dir', required=True,
+                   help='receives pipeline_root/, metadata/, serving/<model>/<version>/, report.json and the plot; '
+                        'reuse it across runs so the gate compares with the latest blessed model')
+  run.add_argument('--data-path',
+                   help='raw input folder: CSV with a header or TFRecord of tf.Example, optionally in train/ eval/ '
+                        'test/ subfolders; a features.json and schema.pbtxt inside describe it (as written by '
+                        '`prepare`). Default: generate the embedded synthetic click logs into OUTPUT_DIR/data')
+  run.add_argument('--schema', help='schema to validate against (default: DATA_PATH/schema.pbtxt if present, '
+                                    'else the curated schemas/synthetic_clicks/schema.pbtxt)')
+  run.add_argument('--rows', type=_positive(int), default=None,
+                   help='rows of synthetic data to generate (default 200000); ignored with --data-path')
+  run.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
+  run.add_argument('--pretrain-steps', type=_positive(int), default=None, help='backbone training steps (default 800)')
+  run.add_argument('--finetune-steps', type=_positive(int), default=None, help='MLoRA fine-tune steps (default 400)')
+  run.add_argument('--eval-steps', type=_positive(int), default=None, help='validation steps per epoch (default 50)')
+  run.add_argument('--batch-size', type=_positive(int), default=None, help='training batch size (default 1024)')
+  run.add_argument('--alpha', type=_positive(int), default=None,
+                   help='MLoRA rank divisor: each layer gets rank max(d_out // alpha, 1) (default 8)')
+  run.add_argument('--hidden-units', type=_hidden_units, default=None, help='backbone MLP sizes (default 256-128-64)')
+  run.add_argument('--min-domain-auc', type=float, default=None,
+                   help='promotion gate: lowest AUC allowed on any domain (default 0.55)')
+  run.add_argument('--max-auc-drop', type=float, default=None,
+                   help='promotion gate: largest AUC/WAUC drop allowed against the latest blessed model (default 0.01)')
+  run.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
+                   help='Beam pipeline argument, repeatable (default: in-memory DirectRunner)')
+  return parser
+
+
+def config_from_args(args):
+  from data import synthetic  # pylint: disable=g-import-not-at-top
+  from models.features import FEATURE_SPEC_FILE, FeatureSpec  # pylint: disable=g-import-not-at-top
+  from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+  import schemas  # pylint: disable=g-import-not-at-top
+
+  output_dir = os.path.abspath(args.output_dir)
+  if args.data_path:
+    data_path = os.path.abspath(args.data_path)
+    if not os.path.isdir(data_path):
+      raise SystemExit(f'--data-path {data_path} is not a folder.')
+    has_spec = os.path.exists(os.path.join(data_path, FEATURE_SPEC_FILE))
+    spec = FeatureSpec.load(data_path) if has_spec else synthetic.FEATURE_SPEC
+    local_schema = os.path.join(data_path, schemas.SCHEMA_FILE)
+    schema_path = args.schema or (local_schema if os.path.exists(local_schema) else schemas.DEFAULT_SCHEMA_PATH)
+  else:
+    data_path = os.path.join(output_dir, 'data')
+    rows = args.rows or synthetic.DEFAULT_ROWS
+    print(f'Generating {rows} rows of synthetic multi-domain click logs (seed {args.seed}) into {data_path}')
+    synthetic.write_csv(synthetic.generate(rows, args.seed), data_path)
+    spec, schema_path = synthetic.FEATURE_SPEC, args.schema or schemas.DEFAULT_SCHEMA_PATH
+
+  overrides = {
+      'pretrain_steps': args.pretrain_steps, 'finetune_steps': args.finetune_steps, 'eval_steps': args.eval_steps,
+      'batch_size': args.batch_size, 'alpha': args.alpha, 'hidden_units': args.hidden_units,
+      'min_domain_auc': args.min_domain_auc, 'max_auc_drop': args.max_auc_drop, 'beam_pipeline_args': args.beam_arg,
+  }
+  return PipelineConfig(data_path=data_path, schema_path=os.path.abspath(schema_path), output_dir=output_dir,
+                        feature_spec=spec, seed=args.seed,
+                        **{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_pipeline(config) -> dict:
+  """Runs the pipeline with LocalDagRunner and returns the report."""
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+  from pipeline.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+  from pipeline.report import write_report  # pylint: disable=g-import-not-at-top
+
+  tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+  return write_report(config)
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  sys.path.insert(0, REPO_ROOT)  # the module files are imported by path (models.trainer.run_fn, ...)
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  from components.anomalies_gate import DataValidationError  # pylint: disable=g-import-not-at-top
+  from pipeline.report import format_table  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  config = config_from_args(args)
+  try:
+    report = run_pipeline(config)
+  except DataValidationError as error:
+    print(f'\nRun stopped before training.\n{error}', file=sys.stderr)
+    return 2
+  print('\n' + format_table(report))
+  print(f'\nreport: {os.path.join(config.output_dir, "report.json")}  wall time: {time.time() - start:.0f} s')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
