@@ -64,7 +64,7 @@ def input_fn(file_pattern, data_accessor, tf_transform_output, spec: FeatureSpec
 
 
 def serving_signatures(model, tf_transform_output, spec: FeatureSpec):
-  """`serving_default`: serialized tf.Example of raw features -> {'ctr': click probability};
+  """`serving_default`: serialized tf.Example of raw features -> {'ctr': click probability, shape [batch]};
   `transform_features`: the same input -> transformed features (used by the Evaluator)."""
   model.tft_layer = tf_transform_output.transform_features_layer()  # tracked, so it is saved
   raw_spec = tf_transform_output.raw_feature_spec()
@@ -74,7 +74,8 @@ def serving_signatures(model, tf_transform_output, spec: FeatureSpec):
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
   def serve(serialized):
     transformed = model.tft_layer(tf.io.parse_example(serialized, serving_spec))
-    return {model_lib.PREDICTION: model({k: transformed[k] for k in feature_names})}
+    probability = model({k: transformed[k] for k in feature_names})
+    return {model_lib.PREDICTION: tf.reshape(probability, [-1])}  # one score per example
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
   def transform_features(serialized):
