@@ -1,4 +1,5 @@
-"""Entry point: `python tfx_runner.py run --output-dir DIR` runs the whole pipeline locally.
+"""Entry point: `python tfx_runner.py run --output-dir DIR` runs the whole pipeline locally;
+`prepare` turns a public dataset into its input.
 
 Thin by design: parse flags into a PipelineConfig, run the pipeline with TFX's LocalDagRunner, print
 the report.
@@ -9,6 +10,7 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # Keras 2 for TFX, TFT, TFMA 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -36,6 +38,7 @@ def _positive(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='tfx_runner.py', description=__doc__.splitlines()[0])
   commands = parser.add_subparsers(dest='command', required=True)
   run = commands.add_parser(
@@ -60,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--batch-size', type=_positive(int), default=None, help='training batch size (default 1024)')
   run.add_argument('--alpha', type=_positive(int), default=None,
                    help='MLoRA rank divisor: each layer gets rank max(d_out // alpha, 1) (default 8)')
+  run.add_argument('--backbone', choices=sorted(BACKBONES), default=None,
+                   help='CTR backbone both Trainers build; MLoRA adapts its dense layers (default mlp)')
   run.add_argument('--hidden-units', type=_hidden_units, default=None, help='backbone MLP sizes (default 256-128-64)')
   run.add_argument('--min-domain-auc', type=float, default=None,
                    help='promotion gate: lowest AUC allowed on any domain (default 0.55)')
@@ -67,7 +72,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help='promotion gate: largest AUC/WAUC drop allowed against the latest blessed model (default 0.01)')
   run.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
                    help='Beam pipeline argument, repeatable (default: in-memory DirectRunner)')
+
+  prepare = commands.add_parser(
+      'prepare', help='turn a public dataset into the pipeline\'s raw, domain-tagged input',
+      description='Load a dataset, split it and write train/ eval/ test/ CSVs, features.json, schema.pbtxt and '
+                  'split.json to OUTPUT_DIR (all or nothing). Pass OUTPUT_DIR to `run --data-path`.')
+  prepare.add_argument('dataset', choices=['movielens', 'ali-ccp', 'kuairand', 'csv'])
+  prepare.add_argument('--source', required=True, help='the dataset\'s folder or file (e.g. ../shared/datasets/ml-100k)')
+  prepare.add_argument('--output-dir', required=True)
+  prepare.add_argument('--split', choices=['random', 'temporal'], default='random',
+                       help='random: stratified by domain with --seed; temporal: by the timestamp (default random)')
+  prepare.add_argument('--ratios', type=lambda t: tuple(float(x) for x in t.split('/')), default=(0.6, 0.2, 0.2),
+                       help='train/eval/test shares (default 0.6/0.2/0.2)')
+  prepare.add_argument('--seed', type=int, default=0)
+  prepare.add_argument('--overwrite', action='store_true', help='replace OUTPUT_DIR once the new data is complete')
+  prepare.add_argument('--domain', help='MovieLens domain field: gender, age or occupation (default gender); '
+                                        'csv: the domain column')
+  prepare.add_argument('--label-rule', choices=['ge4', 'eq5'], help='MovieLens click: rating >= 4 (default) or == 5')
+  prepare.add_argument('--label-columns', help='csv: comma-separated label columns, the click label first')
   return parser
+
+
+def prepare_data(args) -> int:
+  from data.prepare import DataFormatError, prepare  # pylint: disable=g-import-not-at-top
+
+  options = {}
+  if args.dataset == 'movielens':
+    options = {k: v for k, v in (('domain', args.domain), ('label_rule', args.label_rule)) if v}
+  elif args.dataset == 'csv':
+    if not args.domain or not args.label_columns:
+      raise SystemExit('prepare csv needs --domain (the domain column) and --label-columns.')
+    options = {'domain_column': args.domain, 'label_columns': args.label_columns.split(',')}
+  try:
+    record = prepare(args.dataset, args.source, args.output_dir, split=args.split, ratios=args.ratios,
+                     seed=args.seed, overwrite=args.overwrite, **options)
+  except (DataFormatError, ValueError, FileExistsError, FileNotFoundError) as error:
+    print(f'prepare failed, nothing written: {error}', file=sys.stderr)
+    return 2
+  print(json.dumps(record, indent=2))
+  print(f'Prepared {args.dataset} in {os.path.abspath(args.output_dir)}: run it with '
+        f'`python tfx_runner.py run --data-path {args.output_dir} --output-dir DIR`')
+  return 0
 
 
 def config_from_args(args):
@@ -94,7 +139,7 @@ def config_from_args(args):
 
   overrides = {
       'pretrain_steps': args.pretrain_steps, 'finetune_steps': args.finetune_steps, 'eval_steps': args.eval_steps,
-      'batch_size': args.batch_size, 'alpha': args.alpha, 'hidden_units': args.hidden_units,
+      'batch_size': args.batch_size, 'alpha': args.alpha, 'backbone': args.backbone, 'hidden_units': args.hidden_units,
       'min_domain_auc': args.min_domain_auc, 'max_auc_drop': args.max_auc_drop, 'beam_pipeline_args': args.beam_arg,
   }
   return PipelineConfig(data_path=data_path, schema_path=os.path.abspath(schema_path), output_dir=output_dir,
@@ -115,6 +160,8 @@ def run_pipeline(config) -> dict:
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   sys.path.insert(0, REPO_ROOT)  # the module files are imported by path (models.trainer.run_fn, ...)
+  if args.command == 'prepare':
+    return prepare_data(args)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   from components.anomalies_gate import DataValidationError  # pylint: disable=g-import-not-at-top
   from pipeline.report import format_table  # pylint: disable=g-import-not-at-top

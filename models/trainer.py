@@ -5,6 +5,7 @@ Both export a TF Serving SavedModel (`serving_default` on serialized tf.Example 
 inside, `transform_features` for the Evaluator) and keep the bare Keras model beside it in the same Model
 artifact, where the next stage loads it from.
 """
+import json
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from models.features import FeatureSpec  # noqa: E402
 from models.preprocessing import vocabulary_sizes  # noqa: E402
 
 _LOG = logging.getLogger(__name__)
+TRAINING_STATS_FILE = 'training_stats.json'  # throughput and parameter counts, beside the Keras model
 EPOCHS = 5  # the training steps are logged in this many chunks, each with its throughput
 
 
@@ -99,12 +101,21 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   throughput = ThroughputLogger(batch_size, steps_per_epoch)
   model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=evaluation,
             validation_steps=fn_args.eval_steps, callbacks=[throughput], verbose=0)
-  _LOG.info('training throughput: %.0f examples/s (mean of epochs after the first)',
-                    sum(throughput.rates[1:] or throughput.rates) / len(throughput.rates[1:] or throughput.rates))
+  steady_rates = throughput.rates[1:] or throughput.rates  # the first epoch pays for tracing
+  stats = {
+      'examples_per_second': sum(steady_rates) / len(steady_rates),
+      'parameters': model.count_params(),
+      'trainable_parameters': int(sum(w.shape.num_elements() for w in model.trainable_weights)),
+      'adapter_parameters_per_domain': int(sum(w.shape.num_elements() for w in model_lib.adapter_weights(model))
+                                           / max(spec.num_domains, 1)),
+  }
+  _LOG.info('training throughput: %.0f examples/s (mean of epochs after the first)', stats['examples_per_second'])
 
   keras_path = keras_model_path(fn_args.serving_model_dir)
   tf.io.gfile.makedirs(os.path.dirname(keras_path))
   model.save(keras_path)
+  with tf.io.gfile.GFile(os.path.join(os.path.dirname(keras_path), TRAINING_STATS_FILE), 'w') as f:
+    json.dump(stats, f, indent=2)
   tf.saved_model.save(model, fn_args.serving_model_dir,
                       signatures=serving_signatures(model, tf_transform_output, spec))
 
@@ -122,7 +133,7 @@ def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
   """Stage 1: the shared backbone, trained on every domain together."""
   config, spec, tf_transform_output = _setup(fn_args)
   model = model_lib.build_model(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'],
-                                config['embedding_dim'])
+                                config['embedding_dim'], backbone=config['backbone'])
   _train_and_export(fn_args, model, spec, tf_transform_output, config)
 
 
@@ -133,6 +144,7 @@ def finetune_run_fn(fn_args: tfx.components.FnArgs) -> None:
     raise ValueError('The fine-tune Trainer needs base_model: wire it to the pretrain Trainer\'s model.')
   pretrained = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
   model = model_lib.build_model(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'],
-                                config['embedding_dim'], adapters=True, alpha=config['alpha'])
+                                config['embedding_dim'], adapters=True, alpha=config['alpha'],
+                                backbone=config['backbone'])
   model_lib.load_backbone_weights(model, pretrained)
   _train_and_export(fn_args, model, spec, tf_transform_output, config)

@@ -24,6 +24,7 @@ class PipelineConfig:
   pipeline_name: str = DEFAULT_PIPELINE_NAME
   model_name: str = 'ctr'
   # Model and training.
+  backbone: str = 'mlp'
   hidden_units: Tuple[int, ...] = (256, 128, 64)
   embedding_dim: int = 16
   alpha: int = 8
@@ -57,6 +58,7 @@ class PipelineConfig:
     """The `custom_config` a Trainer stage reads."""
     return {
         'feature_spec': self.feature_spec.to_dict(),
+        'backbone': self.backbone,
         'hidden_units': list(self.hidden_units),
         'embedding_dim': self.embedding_dim,
         'alpha': self.alpha,
