@@ -90,6 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
                                         'csv: the domain column')
   prepare.add_argument('--label-rule', choices=['ge4', 'eq5'], help='MovieLens click: rating >= 4 (default) or == 5')
   prepare.add_argument('--label-columns', help='csv: comma-separated label columns, the click label first')
+
+  bench = commands.add_parser(
+      'bench', help='benchmark grid: dataset x domain split x backbone x adaptation method x seed',
+      description='Run one pipeline per (dataset, backbone, seed) in a subprocess, score every adaptation '
+                  'method\'s model on the test split and write results.jsonl (one line per finished cell; a '
+                  'rerun skips those), results.md, results.json and PNG plots to OUTPUT_DIR.')
+  bench.add_argument('--output-dir', required=True,
+                     help='receives the prepared data, one folder per cell and the results; reuse it to resume')
+  bench.add_argument('--datasets', type=lambda text: text.split(','), default=['movielens:gender', 'movielens:age'],
+                     help='comma-separated: movielens:gender, movielens:age, movielens:occupation or synthetic '
+                          '(default movielens:gender,movielens:age)')
+  bench.add_argument('--backbones', type=lambda text: text.split(','), default=sorted(BACKBONES),
+                     help=f'comma-separated backbones (default {",".join(sorted(BACKBONES))})')
+  bench.add_argument('--seeds', type=lambda text: [int(s) for s in text.split(',')], default=[0, 1, 2],
+                     help='comma-separated training seeds (default 0,1,2)')
+  bench.add_argument('--movielens-path', default=os.path.join(REPO_ROOT, '..', 'shared', 'datasets', 'ml-100k'),
+                     help='MovieLens 100K or 1M folder (default ../shared/datasets/ml-100k beside the repo)')
+  bench.add_argument('--rows', type=_positive(int), default=None,
+                     help='rows of the synthetic dataset (default 200000)')
+  bench.add_argument('--pretrain-steps', type=_positive(int), default=None, help='backbone training steps')
+  bench.add_argument('--finetune-steps', type=_positive(int), default=None, help='MLoRA fine-tune steps')
+  bench.add_argument('--eval-steps', type=_positive(int), default=None, help='validation steps per epoch')
+  bench.add_argument('--batch-size', type=_positive(int), default=None, help='training batch size')
+  bench.add_argument('--hidden-units', type=_hidden_units, default=None, help='backbone MLP sizes, like 256-128-64')
   return parser
 
 
@@ -113,6 +137,27 @@ def prepare_data(args) -> int:
   print(f'Prepared {args.dataset} in {os.path.abspath(args.output_dir)}: run it with '
         f'`python tfx_runner.py run --data-path {args.output_dir} --output-dir DIR`')
   return 0
+
+
+def run_bench(args) -> int:
+  """Runs the benchmark grid (pipeline/bench.py) and prints its table and the total wall time."""
+  from data import synthetic  # pylint: disable=g-import-not-at-top
+  from pipeline import bench  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  try:
+    datasets = [bench.Dataset.parse(text, args.movielens_path, args.rows or synthetic.DEFAULT_ROWS)
+                for text in args.datasets]
+    cells = bench.build_grid(datasets, args.backbones, args.seeds)
+  except ValueError as error:
+    raise SystemExit(f'bench: {error}') from error
+  training = bench.Training(
+      pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps, eval_steps=args.eval_steps,
+      batch_size=args.batch_size, hidden_units='-'.join(map(str, args.hidden_units)) if args.hidden_units else None)
+  summary = bench.run_grid(cells, training, os.path.abspath(args.output_dir))
+  print('\n' + bench.format_markdown(summary))
+  print(f'results: {os.path.join(args.output_dir, bench.RESULTS_MD)}  total wall time: {time.time() - start:.0f} s')
+  return 1 if summary['failed'] else 0
 
 
 def config_from_args(args):
@@ -162,6 +207,8 @@ def main(argv=None) -> int:
   sys.path.insert(0, REPO_ROOT)  # the module files are imported by path (models.trainer.run_fn, ...)
   if args.command == 'prepare':
     return prepare_data(args)
+  if args.command == 'bench':
+    return run_bench(args)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   from components.anomalies_gate import DataValidationError  # pylint: disable=g-import-not-at-top
   from pipeline.report import format_table  # pylint: disable=g-import-not-at-top

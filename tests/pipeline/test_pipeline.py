@@ -1,0 +1,67 @@
+"""Pipeline construction: components, order and wiring, without running anything."""
+import pytest
+
+from data import synthetic
+from pipeline.config import PipelineConfig, input_format, input_splits
+from pipeline.pipeline import create_pipeline, eval_config
+import schemas
+
+
+def _config(tmp_path, **overrides):
+  data = tmp_path / 'data'
+  synthetic.write_csv(synthetic.generate(50), str(data))
+  return PipelineConfig(data_path=str(data), schema_path=schemas.DEFAULT_SCHEMA_PATH,
+                        output_dir=str(tmp_path / 'out'), feature_spec=synthetic.FEATURE_SPEC, **overrides)
+
+
+def test_components_in_order(tmp_path):
+  pipeline = create_pipeline(_config(tmp_path))
+  ids = [c.id for c in pipeline.components]  # topologically sorted
+  assert sorted(ids) == sorted(['CsvExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator',
+                                'AnomaliesGate', 'Transform', 'PretrainTrainer', 'FinetuneTrainer',
+                                'PretrainEvaluator', 'LatestBlessedModelResolver', 'Evaluator', 'Pusher'])
+  chain = ['ExampleValidator', 'AnomaliesGate', 'Transform', 'PretrainTrainer', 'FinetuneTrainer', 'Evaluator',
+           'Pusher']
+  assert [ids.index(c) for c in chain] == sorted(ids.index(c) for c in chain)
+
+
+def test_wiring(tmp_path):
+  components = {c.id: c for c in create_pipeline(_config(tmp_path)).components}
+  assert 'AnomaliesGate' in {c.id for c in components['Transform'].upstream_nodes}
+  finetune = components['FinetuneTrainer']
+  assert finetune.inputs['base_model'].producer_component_id == 'PretrainTrainer'
+  assert finetune.exec_properties['run_fn'] == 'models.trainer.finetune_run_fn'
+  assert components['Evaluator'].inputs['model'].producer_component_id == 'FinetuneTrainer'
+  assert components['Evaluator'].inputs['baseline_model'].producer_component_id == 'LatestBlessedModelResolver'
+  assert components['PretrainEvaluator'].inputs['model'].producer_component_id == 'PretrainTrainer'
+  assert components['Pusher'].inputs['model_blessing'].producer_component_id == 'Evaluator'
+
+
+def test_gate_thresholds_every_slice_and_wauc(tmp_path):
+  config = _config(tmp_path, min_domain_auc=0.6, max_auc_drop=0.02)
+  gated = eval_config(config, gate=True)
+  assert [s.feature_keys for s in gated.slicing_specs] == [[], ['domain']]
+  metrics = {m.class_name: m for m in gated.metrics_specs[0].metrics}
+  auc = metrics['AUC'].threshold
+  assert auc.value_threshold.lower_bound.value == 0.6
+  assert auc.change_threshold.absolute.value == -0.02
+  assert metrics['WeightedDomainAUC'].threshold.change_threshold.absolute.value == -0.02
+  assert not any(m.HasField('threshold') for m in eval_config(config, gate=False).metrics_specs[0].metrics)
+
+
+def test_fixed_split_folders(tmp_path):
+  for split in ('train', 'eval', 'test'):
+    synthetic.write_csv(synthetic.generate(20), str(tmp_path / split))
+  assert input_splits(str(tmp_path)) == ['train', 'eval', 'test']
+  assert input_format(str(tmp_path)) == 'csv'
+
+
+def test_split_folders_need_train_and_eval(tmp_path):
+  (tmp_path / 'train').mkdir()
+  with pytest.raises(ValueError, match='train/ and eval/'):
+    input_splits(str(tmp_path))
+
+
+def test_no_input_files_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match='No input found'):
+    input_format(str(tmp_path))
