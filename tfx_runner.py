@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--rows', type=_positive(int), default=None,
                    help='rows of synthetic data to generate (default 200000); ignored with --data-path')
   run.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
-  run.add_argument('--pretrain-steps', type=_positive(int), default=None, help='backbone training steps (default 800)')
-  run.add_argument('--finetune-steps', type=_positive(int), default=None, help='MLoRA fine-tune steps (default 400)')
+  run.add_argument('--pretrain-steps', type=_positive(int), default=None, help='backbone training steps (default 1600)')
+  run.add_argument('--finetune-steps', type=_positive(int), default=None, help='MLoRA fine-tune steps (default 500)')
   run.add_argument('--eval-steps', type=_positive(int), default=None, help='validation steps per epoch (default 50)')
   run.add_argument('--batch-size', type=_positive(int), default=None, help='training batch size (default 1024)')
   run.add_argument('--alpha', type=_positive(int), default=None,

@@ -32,6 +32,7 @@ NUM_CATEGORIES = 40
 LATENT_DIM = 8
 SHARED_WEIGHT, DOMAIN_WEIGHT = 1.6, 1.6
 DEFAULT_ROWS = 200_000
+ROWS_PER_USER, ROWS_PER_ITEM = 100, 200  # mean activity: how much each id's taste can be learned
 
 FEATURE_SPEC = FeatureSpec(
     domain='domain',
@@ -64,8 +65,8 @@ def generate(num_rows: int = DEFAULT_ROWS, seed: int = 0) -> pd.DataFrame:
   if num_rows < len(DOMAIN_SHARES):
     raise ValueError(f'num_rows must be at least {len(DOMAIN_SHARES)} (one per domain), got {num_rows}.')
   rng = np.random.default_rng(seed)
-  num_users = max(500, num_rows // 25)
-  num_items = max(300, num_rows // 60)
+  num_users = max(500, num_rows // ROWS_PER_USER)
+  num_items = max(300, num_rows // ROWS_PER_ITEM)
   num_domains = len(DOMAIN_SHARES)
 
   # The hidden world: latent tastes shared across domains, and each domain's own twist on them.
