@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='rows of synthetic data to generate (default 200000); ignored with --data-path')
   run.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
   run.add_argument('--pretrain-steps', type=_positive(int), default=None, help='backbone training steps (default 1600)')
-  run.add_argument('--finetune-steps', type=_positive(int), default=None, help='MLoRA fine-tune steps (default 500)')
+  run.add_argument('--finetune-steps', type=_positive(int), default=None, help='MLoRA fine-tune steps (default 300)')
   run.add_argument('--eval-steps', type=_positive(int), default=None, help='validation steps per epoch (default 50)')
   run.add_argument('--batch-size', type=_positive(int), default=None, help='training batch size (default 1024)')
   run.add_argument('--alpha', type=_positive(int), default=None,
@@ -114,6 +114,34 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument('--eval-steps', type=_positive(int), default=None, help='validation steps per epoch')
   bench.add_argument('--batch-size', type=_positive(int), default=None, help='training batch size')
   bench.add_argument('--hidden-units', type=_hidden_units, default=None, help='backbone MLP sizes, like 256-128-64')
+
+  serve = commands.add_parser(
+      'serve', help='serve the pushed model over gRPC with TF Serving\'s API (PredictionService, ModelService)',
+      description='Serve the highest version under MODEL_BASE and switch to a newer one when Pusher writes it, '
+                  'without dropping requests; concurrent requests are batched. For local use and tests: '
+                  'production runs tensorflow_model_server on the same directory (serving/README.md).')
+  serve.add_argument('--model-base', required=True,
+                     help='the model\'s base path, holding <version>/saved_model.pb (OUTPUT_DIR/serving/<model>)')
+  serve.add_argument('--model-name', help='the name requests give in model_spec (default: MODEL_BASE\'s folder name)')
+  serve.add_argument('--port', type=int, default=8500, help='gRPC port; 0 picks a free one (default 8500)')
+  serve.add_argument('--host', default='127.0.0.1',
+                     help='address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)')
+  serve.add_argument('--poll-seconds', type=_positive(float), default=1.0,
+                     help='how often to look for a new version (default 1)')
+  serve.add_argument('--batching-parameters', metavar='FILE',
+                     help='TF Serving batching parameters file (default: the built-in values, which `run` also '
+                          'writes to OUTPUT_DIR/serving/batching_parameters.txt)')
+
+  predict = commands.add_parser(
+      'predict', help='score raw CSV rows on a running model server (this project\'s or TF Serving)',
+      description='Send each row of INPUT as a tf.Example through PredictionService.Predict (serving_default) '
+                  'and print the scores as CSV, one row per input row.')
+  predict.add_argument('--server', required=True, help='HOST:PORT of the gRPC server')
+  predict.add_argument('--input', required=True,
+                       help='CSV with a header in the pipeline\'s raw format (label columns, if any, are ignored)')
+  predict.add_argument('--output', help='write the scores to this file instead of printing them')
+  predict.add_argument('--model-name', default='ctr', help='the model to ask for (default ctr)')
+  predict.add_argument('--batch-size', type=_positive(int), default=100, help='rows per request (default 100)')
   return parser
 
 
@@ -160,6 +188,50 @@ def run_bench(args) -> int:
   return 1 if summary['failed'] else 0
 
 
+def serve_model(args) -> int:
+  """Runs the gRPC model server until interrupted (Ctrl-C or SIGTERM)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from serving.batching import BatchingParameters  # pylint: disable=g-import-not-at-top
+  from serving.server import ModelServer  # pylint: disable=g-import-not-at-top
+  from serving.tf_serving import read_batching_parameters  # pylint: disable=g-import-not-at-top
+
+  batching = read_batching_parameters(args.batching_parameters) if args.batching_parameters else BatchingParameters()
+  server = ModelServer(args.model_base, args.model_name, host=args.host, port=args.port, batching=batching,
+                       poll_seconds=args.poll_seconds).start()
+  signal.signal(signal.SIGTERM, lambda *_: server.stop())
+  served = server.repository.states()
+  print(f'Serving model {server.repository.name} from {server.repository.base_path} on {args.host}:{server.port} '
+        f'(versions: {served or "none yet"})', flush=True)
+  try:
+    server.wait()
+  except KeyboardInterrupt:
+    server.stop()
+  return 0
+
+
+def predict_scores(args) -> int:
+  """Scores a raw CSV file on a running server and prints or writes the scores."""
+  import grpc  # pylint: disable=g-import-not-at-top
+  from serving.client import PredictionClient, format_scores  # pylint: disable=g-import-not-at-top
+
+  try:
+    with PredictionClient(args.server, args.model_name) as client:
+      outputs, version = client.predict_csv(args.input, args.batch_size)
+  except (grpc.RpcError, ValueError, OSError) as error:
+    details = f'{error.code().name}: {error.details()}' if isinstance(error, grpc.RpcError) else error
+    print(f'predict failed: {details}', file=sys.stderr)
+    return 2
+  text = format_scores(outputs)
+  if args.output:
+    with open(args.output, 'w') as f:
+      f.write(text)
+  else:
+    sys.stdout.write(text)
+  print(f'{len(next(iter(outputs.values()), []))} rows scored by model {args.model_name} version {version}',
+        file=sys.stderr)
+  return 0
+
+
 def config_from_args(args):
   from data import synthetic  # pylint: disable=g-import-not-at-top
   from models.features import FEATURE_SPEC_FILE, FeatureSpec  # pylint: disable=g-import-not-at-top
@@ -193,13 +265,18 @@ def config_from_args(args):
 
 
 def run_pipeline(config) -> dict:
-  """Runs the pipeline with LocalDagRunner and returns the report."""
+  """Runs the pipeline with LocalDagRunner and returns the report; a pushed version gets its TF Serving
+  warm-up requests, models.config and batching parameters (serving/publish.py)."""
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
   from pipeline.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
   from pipeline.report import write_report  # pylint: disable=g-import-not-at-top
+  from serving.publish import publish  # pylint: disable=g-import-not-at-top
 
   tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
-  return write_report(config)
+  report = write_report(config)
+  if report['pushed_model']:
+    publish(config, report['pushed_model'])
+  return report
 
 
 def main(argv=None) -> int:
@@ -209,7 +286,11 @@ def main(argv=None) -> int:
     return prepare_data(args)
   if args.command == 'bench':
     return run_bench(args)
+  if args.command == 'predict':
+    return predict_scores(args)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  if args.command == 'serve':
+    return serve_model(args)
   from components.anomalies_gate import DataValidationError  # pylint: disable=g-import-not-at-top
   from pipeline.report import format_table  # pylint: disable=g-import-not-at-top
 

@@ -24,6 +24,8 @@ from models.preprocessing import vocabulary_sizes  # noqa: E402
 
 _LOG = logging.getLogger(__name__)
 TRAINING_STATS_FILE = 'training_stats.json'  # throughput and parameter counts, beside the Keras model
+MAX_IN_MEMORY_EXAMPLES = 2_000_000  # about 120 MB of parsed features for the default model
+IN_MEMORY_READ_BATCH = 8192
 EPOCHS = 5  # the training steps are logged in this many chunks, each with its throughput
 
 
@@ -55,14 +57,33 @@ class ThroughputLogger(tf_keras.callbacks.Callback):
 
 
 def input_fn(file_pattern, data_accessor, tf_transform_output, spec: FeatureSpec, batch_size: int, seed: int,
-             feature_names):
-  """Batches of (model features, click label) from Transform's materialized examples."""
-  dataset = data_accessor.tf_dataset_factory(
-      file_pattern,
-      tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=spec.label, shuffle_seed=seed),
-      tf_transform_output.transformed_metadata.schema)
-  return dataset.map(lambda features, label: ({k: features[k] for k in feature_names}, label),
-                     num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+             feature_names, max_in_memory_examples: int = MAX_IN_MEMORY_EXAMPLES):
+  """Shuffled batches of (model features, click label) from Transform's materialized examples, repeated.
+
+  Parsing gzipped tf.Examples costs about as much CPU as a training step of a small CTR model, so a split
+  of up to `max_in_memory_examples` is parsed once, kept as tensors (a few dozen bytes an example), and
+  served by gathering a fresh permutation each epoch. A larger split streams through TFXIO.
+  """
+  def select(features, label):
+    return {k: features[k] for k in feature_names}, label
+
+  def stream(batch, num_epochs=None):
+    return data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(batch_size=batch, label_key=spec.label, shuffle_seed=seed,
+                                       num_epochs=num_epochs, shuffle=num_epochs is None),
+        tf_transform_output.transformed_metadata.schema).map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+  batches = []
+  for batch in stream(IN_MEMORY_READ_BATCH, num_epochs=1):
+    batches.append(batch)
+    if len(batches) * IN_MEMORY_READ_BATCH > max_in_memory_examples:
+      return stream(batch_size).prefetch(tf.data.AUTOTUNE)
+  features, labels = tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *batches)
+  examples = int(labels.shape[0])
+  return (tf.data.Dataset.range(examples).shuffle(examples, seed=seed).repeat().batch(batch_size)
+          .map(lambda rows: tf.nest.map_structure(lambda t: tf.gather(t, rows), (features, labels)))
+          .prefetch(tf.data.AUTOTUNE))
 
 
 def serving_signatures(model, tf_transform_output, spec: FeatureSpec):

@@ -30,7 +30,7 @@ class PipelineConfig:
   alpha: int = 8
   batch_size: int = 1024
   pretrain_steps: int = 1600
-  finetune_steps: int = 500
+  finetune_steps: int = 300
   eval_steps: int = 50
   pretrain_learning_rate: float = 1e-3
   finetune_learning_rate: float = 3e-3  # adapters start at B = 0 and have few weights: a larger step
