@@ -37,8 +37,14 @@ def _positive(kind):
   return parse
 
 
+BEAM_RUNNER_HELP = ('Beam runner for the Beam components, with its arguments (pipeline/config.py BEAM_RUNNER_ARGS): '
+                    'direct (in memory), direct-multiprocess (a worker per CPU), dataflow, flink, spark; further '
+                    '--beam-arg values follow them. Default: --beam-arg values alone, else direct')
+
+
 def build_parser() -> argparse.ArgumentParser:
   from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
+  from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='tfx_runner.py', description=__doc__.splitlines()[0])
   commands = parser.add_subparsers(dest='command', required=True)
   run = commands.add_parser(
@@ -72,6 +78,62 @@ def build_parser() -> argparse.ArgumentParser:
                    help='promotion gate: largest AUC/WAUC drop allowed against the latest blessed model (default 0.01)')
   run.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
                    help='Beam pipeline argument, repeatable (default: in-memory DirectRunner)')
+  run.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
+
+  compile_ = commands.add_parser(
+      'compile', help='compile the pipeline for a scheduled orchestrator (Kubeflow Pipelines v2)',
+      description='Write the pipeline spec KubeflowV2DagRunner compiles (nothing runs): daily runs on the newest '
+                  'span-N/ folder of DATA_ROOT, the backbone warm-started from the production model. Schedule '
+                  'it as a recurring run in Kubeflow Pipelines or Vertex AI. For Airflow, put '
+                  'pipeline/airflow_dag.py in the dags folder instead.')
+  compile_.add_argument('--target', choices=['kubeflow'], required=True, help='the orchestrator')
+  compile_.add_argument('--output', required=True, help='the pipeline spec file: .json, or .yaml / .yml for YAML')
+  compile_.add_argument('--image', required=True,
+                        help='container image every component runs in: a TFX 1.16 image with this repository on '
+                             'its PYTHONPATH (components/, models/ and pipeline/ are imported by name)')
+  compile_.add_argument('--pipeline-root', required=True,
+                        help='where runs write (gs://...): artifacts under PIPELINE_ROOT/pipeline_root/, pushed '
+                             'models under PIPELINE_ROOT/serving/<model>/<version>/ (the layout of run --output-dir)')
+  compile_.add_argument('--data-root', required=True, help='the folder receiving span-1/, span-2/, ... (gs://...)')
+  compile_.add_argument('--schema', help='the schema every span is validated against (default DATA_ROOT/schema.pbtxt)')
+  compile_.add_argument('--feature-spec', metavar='DIR',
+                        help='local folder with the data\'s features.json, as `prepare` writes it (default: the '
+                             'embedded synthetic data\'s)')
+  compile_.add_argument('--data-format', choices=['csv', 'tfrecord'], default='csv', help='span files (default csv)')
+  compile_.add_argument('--splits', type=lambda text: [s for s in text.split(',') if s], default=['train', 'eval'],
+                        help='split folders inside each span, comma-separated (default train,eval); "" for one pool '
+                             'split 4:1 by hash')
+  compile_.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
+  compile_.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
+                        help='Beam pipeline argument, repeatable, after the runner\'s (e.g. --beam-arg=--project=P)')
+
+  simulate = commands.add_parser(
+      'simulate', help='simulate continual runs: N daily spans with drift, the pipeline once per span',
+      description='Generate daily spans of the embedded synthetic data into OUTPUT_DIR/data/span-N/, with one '
+                  'domain\'s click rate falling day after day and a new domain appearing on day K (appended to '
+                  'features.json and the schema, its adapter onboarded), and run the pipeline on each: it ingests '
+                  'the newest span, warm-starts the backbone from the production model and evaluates against it. '
+                  'Prints a table per run (per-domain AUC of candidate and production, blessed, pushed).')
+  simulate.add_argument('--output-dir', required=True, help='as for run; the spans go to OUTPUT_DIR/data/')
+  simulate.add_argument('--spans', type=_positive(int), default=5, help='days to simulate (default 5)')
+  simulate.add_argument('--rows-per-span', type=_positive(int), default=20000, help='rows a day (default 20000)')
+  simulate.add_argument('--drift-domain', default='banner',
+                        help='the domain whose click rate falls (default banner)')
+  simulate.add_argument('--click-drop', type=float, default=0.15,
+                        help='share of that domain\'s remaining clicks lost each day (default 0.15)')
+  simulate.add_argument('--new-domain-day', type=_positive(int), default=4,
+                        help='day the new domain mini_program appears (default 4)')
+  simulate.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
+  simulate.add_argument('--pretrain-steps', type=_positive(int), default=None, help='backbone training steps')
+  simulate.add_argument('--finetune-steps', type=_positive(int), default=None, help='MLoRA fine-tune steps')
+  simulate.add_argument('--eval-steps', type=_positive(int), default=None, help='validation steps per epoch')
+  simulate.add_argument('--batch-size', type=_positive(int), default=None, help='training batch size')
+  simulate.add_argument('--hidden-units', type=_hidden_units, default=None, help='backbone MLP sizes, like 256-128-64')
+  simulate.add_argument('--min-domain-auc', type=float, default=None, help='promotion gate: lowest AUC on any domain')
+  simulate.add_argument('--max-auc-drop', type=float, default=None,
+                        help='promotion gate: largest AUC/WAUC drop allowed against the production model')
+  simulate.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
+  simulate.set_defaults(schema=None, rows=None, alpha=None, backbone=None, beam_arg=None)  # as `run` leaves them
 
   prepare = commands.add_parser(
       'prepare', help='turn a public dataset into the pipeline\'s raw, domain-tagged input',
@@ -125,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
   serve.add_argument('--model-name', help='the name requests give in model_spec (default: MODEL_BASE\'s folder name)')
   serve.add_argument('--port', type=int, default=8500, help='gRPC port; 0 picks a free one (default 8500)')
   serve.add_argument('--host', default='127.0.0.1',
-                     help='address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)')
+                     help='address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to all)')
   serve.add_argument('--poll-seconds', type=_positive(float), default=1.0,
                      help='how often to look for a new version (default 1)')
   serve.add_argument('--batching-parameters', metavar='FILE',
@@ -232,10 +294,47 @@ def predict_scores(args) -> int:
   return 0
 
 
+def compile_pipeline(args) -> int:
+  """Compiles the scheduled pipeline for Kubeflow Pipelines v2 (pipeline/orchestrators.py)."""
+  from data import synthetic  # pylint: disable=g-import-not-at-top
+  from models.features import FeatureSpec  # pylint: disable=g-import-not-at-top
+  from pipeline import orchestrators  # pylint: disable=g-import-not-at-top
+  from pipeline.config import beam_pipeline_args  # pylint: disable=g-import-not-at-top
+
+  try:
+    config = orchestrators.scheduled_config(
+        args.data_root, args.pipeline_root,
+        FeatureSpec.load(args.feature_spec) if args.feature_spec else synthetic.FEATURE_SPEC,
+        schema_path=args.schema, data_format=args.data_format, splits=args.splits,
+        beam_pipeline_args=beam_pipeline_args(args.beam_runner, args.beam_arg))
+    path = orchestrators.compile_kubeflow(config, args.image, args.output)
+  except (ValueError, RuntimeError, FileNotFoundError) as error:
+    raise SystemExit(f'compile: {error}') from error
+  print(f'Wrote the Kubeflow Pipelines v2 spec of pipeline {config.pipeline_name} to {path}')
+  return 0
+
+
+def simulate_spans(args) -> int:
+  """Simulates daily spans with drift and runs the pipeline on each (pipeline/simulate.py)."""
+  from pipeline import simulate  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  output_dir = os.path.abspath(args.output_dir)
+  drift = simulate.Drift(drift_domain=args.drift_domain, click_drop=args.click_drop,
+                         new_domain_day=args.new_domain_day)
+  summaries = simulate.simulate(
+      os.path.join(output_dir, 'data'), args.spans, args.rows_per_span,
+      make_config=lambda data_path: config_from_args(argparse.Namespace(**{**vars(args), 'data_path': data_path})),
+      run_pipeline=run_pipeline, drift=drift, seed=args.seed, show=lambda text: print('\n' + text, flush=True))
+  print('\n' + simulate.format_summary(summaries))
+  print(f'\ntotal wall time: {time.time() - start:.0f} s')
+  return 0
+
+
 def config_from_args(args):
   from data import synthetic  # pylint: disable=g-import-not-at-top
   from models.features import FEATURE_SPEC_FILE, FeatureSpec  # pylint: disable=g-import-not-at-top
-  from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+  from pipeline.config import PipelineConfig, beam_pipeline_args  # pylint: disable=g-import-not-at-top
   import schemas  # pylint: disable=g-import-not-at-top
 
   output_dir = os.path.abspath(args.output_dir)
@@ -257,7 +356,8 @@ def config_from_args(args):
   overrides = {
       'pretrain_steps': args.pretrain_steps, 'finetune_steps': args.finetune_steps, 'eval_steps': args.eval_steps,
       'batch_size': args.batch_size, 'alpha': args.alpha, 'backbone': args.backbone, 'hidden_units': args.hidden_units,
-      'min_domain_auc': args.min_domain_auc, 'max_auc_drop': args.max_auc_drop, 'beam_pipeline_args': args.beam_arg,
+      'min_domain_auc': args.min_domain_auc, 'max_auc_drop': args.max_auc_drop,
+      'beam_pipeline_args': beam_pipeline_args(args.beam_runner, args.beam_arg),
   }
   return PipelineConfig(data_path=data_path, schema_path=os.path.abspath(schema_path), output_dir=output_dir,
                         feature_spec=spec, seed=args.seed,
@@ -291,6 +391,10 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   if args.command == 'serve':
     return serve_model(args)
+  if args.command == 'compile':
+    return compile_pipeline(args)
+  if args.command == 'simulate':
+    return simulate_spans(args)
   from components.anomalies_gate import DataValidationError  # pylint: disable=g-import-not-at-top
   from pipeline.report import format_table  # pylint: disable=g-import-not-at-top
 

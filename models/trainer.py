@@ -1,8 +1,9 @@
 """TFX Trainer module: `pretrain_run_fn` trains the backbone on every domain, `finetune_run_fn` freezes its
 dense weights and trains one MLoRA adapter per domain (and the embeddings).
 
-Both export a TF Serving SavedModel (`serving_default` on serialized tf.Example with the Transform graph
-inside, `transform_features` for the Evaluator) and keep the bare Keras model beside it in the same Model
+Both export a TF Serving SavedModel (`serving_signatures`: `serving_default` on serialized tf.Example with
+the Transform graph inside, `serving_raw` on named raw feature tensors, `classify` for TF Serving's Classify
+API, `transform_features` for the Evaluator) and keep the bare Keras model beside it in the same Model
 artifact, where the next stage loads it from.
 """
 import json
@@ -19,8 +20,10 @@ from tfx import v1 as tfx  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
 from models import model as model_lib  # noqa: E402
+from models import warm_start  # noqa: E402
 from models.features import FeatureSpec  # noqa: E402
 from models.preprocessing import vocabulary_sizes  # noqa: E402
+from serving import signatures  # noqa: E402
 
 _LOG = logging.getLogger(__name__)
 TRAINING_STATS_FILE = 'training_stats.json'  # throughput and parameter counts, beside the Keras model
@@ -86,25 +89,70 @@ def input_fn(file_pattern, data_accessor, tf_transform_output, spec: FeatureSpec
           .prefetch(tf.data.AUTOTUNE))
 
 
+def _serving_feature_spec(tf_transform_output, spec: FeatureSpec) -> dict:
+  """How serving parses a request's tf.Examples: every raw column but the labels, a column the schema
+  requires (presence 1) as a scalar FixedLenFeature, so that an example without it fails with
+  INVALID_ARGUMENT naming it, any other column as Transform's raw feature spec has it."""
+  required = {f.name for f in tf_transform_output.raw_metadata.schema.feature if f.presence.min_fraction == 1.0}
+  return {k: tf.io.FixedLenFeature([], v.dtype) if k in required else v
+          for k, v in tf_transform_output.raw_feature_spec().items() if k not in spec.label_columns}
+
+
+def _transform_input(value, feature):
+  """A column of a serving request as Transform's raw feature spec has it: a dense [batch] tensor becomes a
+  SparseTensor with one value per row where that spec is variable-length."""
+  if isinstance(value, tf.SparseTensor) or isinstance(feature, tf.io.FixedLenFeature):
+    return value
+  rows = tf.shape(value, out_type=tf.int64)[0]
+  indices = tf.stack([tf.range(rows), tf.zeros([rows], tf.int64)], axis=1)
+  return tf.SparseTensor(indices, value, tf.stack([rows, 1]))
+
+
 def serving_signatures(model, tf_transform_output, spec: FeatureSpec):
-  """`serving_default`: serialized tf.Example of raw features -> {'ctr': click probability, shape [batch]};
-  `transform_features`: the same input -> transformed features (used by the Evaluator)."""
+  """The SavedModel's signatures, all on raw features with the Transform graph inside:
+
+  - `serving_default`: serialized tf.Example (`examples`, string [batch]) -> one output per task, named
+    after it, shape [batch] (`ctr`: click probability);
+  - `serving_raw`: one [batch] tensor per raw feature column, named and typed as the column -> the same
+    outputs, for clients that send named feature tensors;
+  - `classify`: TF Serving's Classify API on serialized tf.Example (`inputs`) -> `classes` ('0', '1') and
+    `scores` (1 - ctr, ctr), each [batch, 2];
+  - `transform_features`: serialized tf.Example -> the transformed features (used by the Evaluator).
+  Their names are in `serving.signatures`, the contract clients share.
+  """
   model.tft_layer = tf_transform_output.transform_features_layer()  # tracked, so it is saved
   raw_spec = tf_transform_output.raw_feature_spec()
-  serving_spec = {k: v for k, v in raw_spec.items() if k not in spec.label_columns}
+  serving_spec = _serving_feature_spec(tf_transform_output, spec)
   feature_names = list(model.input.keys())
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
-  def serve(serialized):
-    transformed = model.tft_layer(tf.io.parse_example(serialized, serving_spec))
-    probability = model({k: transformed[k] for k in feature_names})
-    return {model_lib.PREDICTION: tf.reshape(probability, [-1])}  # one score per example
+  def predict(features):
+    transformed = model.tft_layer({k: _transform_input(v, raw_spec[k]) for k, v in features.items()})
+    outputs = tf.nest.flatten(model({k: transformed[k] for k in feature_names}))
+    return {name: tf.reshape(output, [-1]) for name, output in zip(model.output_names, outputs)}
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+  examples = tf.TensorSpec([None], tf.string, name=signatures.EXAMPLES_INPUT)
+
+  @tf.function(input_signature=[examples])
+  def serve(serialized):
+    return predict(tf.io.parse_example(serialized, serving_spec))
+
+  @tf.function(input_signature=[{k: tf.TensorSpec([None], v.dtype, name=k) for k, v in serving_spec.items()}])
+  def serve_raw(features):
+    return predict(features)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=tf.saved_model.CLASSIFY_INPUTS)])
+  def classify(serialized):
+    ctr = predict(tf.io.parse_example(serialized, serving_spec))[model_lib.PREDICTION]
+    classes = tf.tile(tf.constant([signatures.CLASSES]), [tf.shape(ctr)[0], 1])
+    return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,
+            tf.saved_model.CLASSIFY_OUTPUT_SCORES: tf.stack([1.0 - ctr, ctr], axis=1)}
+
+  @tf.function(input_signature=[examples])
   def transform_features(serialized):
     return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
 
-  return {'serving_default': serve, 'transform_features': transform_features}
+  return {signatures.DEFAULT: serve, signatures.RAW: serve_raw, signatures.CLASSIFY: classify,
+          signatures.TRANSFORM: transform_features}
 
 
 def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spec: FeatureSpec,
@@ -151,10 +199,14 @@ def _setup(fn_args):
 
 
 def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
-  """Stage 1: the shared backbone, trained on every domain together."""
+  """Stage 1: the shared backbone, trained on every domain together; with a `base_model` (the production
+  model, for continual runs) it starts from that model's backbone (`models.warm_start`)."""
   config, spec, tf_transform_output = _setup(fn_args)
   model = model_lib.build_model(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'],
                                 config['embedding_dim'], backbone=config['backbone'])
+  if fn_args.base_model:
+    base = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
+    warm_start.warm_start(model, base, spec, tf_transform_output, fn_args.base_model)
   _train_and_export(fn_args, model, spec, tf_transform_output, config)
 
 

@@ -1,12 +1,40 @@
 """Every setting of a pipeline run, in one place. Runners build a `PipelineConfig`; nothing else reads flags."""
 import dataclasses
 import os
-from typing import List, Optional, Tuple
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from models.features import FeatureSpec
 
-DEFAULT_PIPELINE_NAME = 'mdctr'
+DEFAULT_PIPELINE_NAME = 'mdctr'  # Kubeflow needs [a-z0-9][a-z0-9-]*: no underscores
 LOCAL_BEAM_ARGS = ('--direct_running_mode=in_memory', '--direct_num_workers=1')
+
+# Beam runners for the Beam-powered components (ExampleGen, StatisticsGen, Transform, Evaluator, ...), and the
+# arguments each adds to `beam_pipeline_args`. More (or overriding) arguments follow with `--beam-arg`.
+BEAM_RUNNER_ARGS: Dict[str, Tuple[str, ...]] = {
+    # In memory, one worker: tests and small local runs (the default).
+    'direct': LOCAL_BEAM_ARGS,
+    # One worker process per CPU: local runs on data that outgrows one core.
+    'direct-multiprocess': ('--direct_running_mode=multi_processing', '--direct_num_workers=0'),
+    # Google Cloud Dataflow, Runner v2. The workers run a custom SDK container holding this repository
+    # (components/, models/), given with --sdk_container_image; the project, region and a gs:// temp location
+    # are required too.
+    'dataflow': ('--runner=DataflowRunner', '--experiments=use_runner_v2'),
+    # A Flink cluster (Flink's REST endpoint); the uber jar is submitted by the launching process, and the
+    # Python workers run beside it (LOOPBACK), so they see this repository without a custom container.
+    'flink': ('--runner=FlinkRunner', '--flink_master=http://localhost:8081', '--flink_submit_uber_jar',
+              '--environment_type=LOOPBACK'),
+    # A Spark standalone cluster (its REST submission endpoint, port 6066), uber jar and LOOPBACK workers.
+    'spark': ('--runner=SparkRunner', '--spark_rest_url=http://localhost:6066', '--spark_submit_uber_jar',
+              '--environment_type=LOOPBACK'),
+}
+BEAM_REQUIRED_ARGS: Dict[str, Tuple[str, ...]] = {
+    'dataflow': ('--project', '--region', '--temp_location', '--sdk_container_image'),
+}
+
+# Continual runs: raw data arrives in span folders `span-1/`, `span-2/`, ... under the data root.
+SPAN_FOLDER = 'span-{SPAN}'  # ExampleGen's pattern; the newest span is ingested
+_SPAN_FOLDER_RE = re.compile(r'^span-(\d+)$')
 
 
 @dataclasses.dataclass
@@ -16,6 +44,12 @@ class PipelineConfig:
   Paths: `data_path` holds the raw input (CSV with a header or TFRecord of tf.Example, directly or in
   `train/`, `eval/` and `test/` subdirectories for a fixed split); `schema_path` is the curated schema;
   `output_dir` receives the pipeline root, the metadata store, the serving directory and the report.
+
+  Continual runs: with `spans`, `data_path` holds span folders (`span-1/`, `span-2/`, ..., each laid out
+  as above) and every run ingests the newest one; with `warm_start`, the pretrain stage starts from the
+  latest blessed model's backbone instead of from scratch. Both default to whether span folders are
+  there. `data_format` and `data_splits` describe the input without looking at it (for a pipeline
+  compiled for a data root that is not on this machine); by default the files are inspected.
   """
   data_path: str
   schema_path: str
@@ -40,6 +74,30 @@ class PipelineConfig:
   min_domain_auc: float = 0.55
   max_auc_drop: float = 0.01
   beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: list(LOCAL_BEAM_ARGS))
+  # Continual runs.
+  spans: Optional[bool] = None  # None: whether data_path holds span folders
+  warm_start: Optional[bool] = None  # None: as `spans`
+  data_format: Optional[str] = None  # 'csv' or 'tfrecord'; None: from the files
+  data_splits: Optional[Tuple[str, ...]] = None  # with data_format: the split folders, or None for a hash split
+  # Reuse the outputs of components whose inputs and settings did not change (a re-run after a failure).
+  # ImportSchemaGen has no inputs: it is keyed on the schema's path, so a changed schema needs a new path.
+  enable_cache: bool = False
+
+  def __post_init__(self):
+    if self.spans is None:
+      self.spans = bool(span_numbers(self.data_path))
+    if self.warm_start is None:
+      self.warm_start = self.spans
+    if self.data_format not in (None, 'csv', 'tfrecord'):
+      raise ValueError(f'data_format must be csv or tfrecord, got {self.data_format!r}.')
+
+  def input_layout(self) -> Tuple[str, Optional[List[str]]]:
+    """(format, split folders or None for a hash split) of the input ExampleGen reads: as configured, or
+    found in the files of the newest span (or of `data_path` without spans)."""
+    if self.data_format:
+      return self.data_format, list(self.data_splits) if self.data_splits else None
+    folder = latest_span_path(self.data_path) if self.spans else self.data_path
+    return input_format(folder), input_splits(folder)
 
   @property
   def pipeline_root(self) -> str:
@@ -88,3 +146,34 @@ def input_format(data_path: str) -> str:
     return 'tfrecord'
   raise ValueError(f'No input found in {data_path}: expected CSV files with a header (*.csv) or TFRecord files '
                    'of tf.Example (*.tfrecord, *.tfrecord.gz).')
+
+
+def span_numbers(data_path: str) -> List[int]:
+  """The span numbers of the `span-N` folders under `data_path`, ascending; [] when there are none."""
+  if not os.path.isdir(data_path):
+    return []
+  matches = (_SPAN_FOLDER_RE.match(name) for name in os.listdir(data_path))
+  return sorted(int(m.group(1)) for m in matches if m and os.path.isdir(os.path.join(data_path, m.group(0))))
+
+
+def latest_span_path(data_path: str) -> str:
+  """The newest span's folder: the one a run ingests."""
+  spans = span_numbers(data_path)
+  if not spans:
+    raise ValueError(f'No span folders (span-1/, span-2/, ...) in {data_path}.')
+  return os.path.join(data_path, SPAN_FOLDER.replace('{SPAN}', str(spans[-1])))
+
+
+def beam_pipeline_args(runner: Optional[str], extra: Optional[Sequence[str]] = None) -> Optional[List[str]]:
+  """`runner`'s arguments (`BEAM_RUNNER_ARGS`) followed by `extra`; `extra` alone without a runner, None
+  without either (the config's default). Raises ValueError when an argument the runner needs is missing."""
+  if runner is None:
+    return list(extra) if extra is not None else None
+  if runner not in BEAM_RUNNER_ARGS:
+    raise ValueError(f'Unknown Beam runner {runner!r}; choose one of {sorted(BEAM_RUNNER_ARGS)}.')
+  args = list(BEAM_RUNNER_ARGS[runner]) + list(extra or ())
+  given = {arg.split('=', 1)[0] for arg in args}
+  missing = [name for name in BEAM_REQUIRED_ARGS.get(runner, ()) if name not in given]
+  if missing:
+    raise ValueError(f'The {runner} runner needs {", ".join(missing)}: add each as --beam-arg={missing[0]}=...')
+  return args

@@ -8,7 +8,7 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from components.anomalies_gate import AnomaliesGate
-from pipeline.config import PipelineConfig, input_format, input_splits
+from pipeline.config import SPAN_FOLDER, PipelineConfig
 
 PREPROCESSING_FN = 'models.preprocessing.preprocessing_fn'
 PRETRAIN_RUN_FN = 'models.trainer.pretrain_run_fn'
@@ -18,25 +18,25 @@ PREDICTION_KEY = 'ctr'
 
 def example_gen(config: PipelineConfig):
   """Reads the raw input: a fixed train/eval(/test) split from subfolders, or one pool split 4:1 by a
-  hash of each example (deterministic)."""
-  splits = input_splits(config.data_path)
+  hash of each example (deterministic). With spans, the same layout inside `span-N/` folders, and the
+  newest span is read (its number becomes the Examples artifact's span)."""
+  data_format, splits = config.input_layout()
+  prefix = f'{SPAN_FOLDER}/' if config.spans else ''
   if splits:
-    input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name=s, pattern=f'{s}/*')
-                                                 for s in splits])
-    output_config = None
-  else:
-    input_config = None
-    output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
-        example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=4),
-        example_gen_pb2.SplitConfig.Split(name='eval', hash_buckets=1)]))
-  component = (tfx.components.CsvExampleGen if input_format(config.data_path) == 'csv'
-               else tfx.components.ImportExampleGen)
-  return component(input_base=config.data_path, input_config=input_config, output_config=output_config)
+    inputs = [example_gen_pb2.Input.Split(name=s, pattern=f'{prefix}{s}/*') for s in splits]
+  else:  # one pool: everything under data_path, or under the span folder
+    inputs = [example_gen_pb2.Input.Split(name='single_split', pattern=f'{prefix}*')] if config.spans else None
+  output_config = None if splits else example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+      example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=4),
+      example_gen_pb2.SplitConfig.Split(name='eval', hash_buckets=1)]))
+  component = tfx.components.CsvExampleGen if data_format == 'csv' else tfx.components.ImportExampleGen
+  return component(input_base=config.data_path, input_config=example_gen_pb2.Input(splits=inputs) if inputs else None,
+                   output_config=output_config)
 
 
 def evaluation_split(config: PipelineConfig) -> str:
   """The split the Evaluator scores: the held-out test split when the input has one."""
-  return 'test' if 'test' in (input_splits(config.data_path) or []) else 'eval'
+  return 'test' if 'test' in (config.input_layout()[1] or []) else 'eval'
 
 
 def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
@@ -69,8 +69,14 @@ def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
       ])])
 
 
-def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
-  """The pipeline, top to bottom."""
+def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.dsl.Pipeline:
+  """The pipeline, top to bottom; with `local_metadata`, connected to the SQLite metadata store under the
+  output folder (LocalDagRunner, Airflow), else to none, for an orchestrator that brings its own (Kubeflow).
+
+  The latest blessed model (the production model) is the Evaluator's baseline and, with
+  `config.warm_start`, the pretrain stage's `base_model`: the backbone continues from it (nothing resolves
+  on the first run, which starts from scratch). The fine-tune stage always starts from this run's backbone.
+  """
   examples = example_gen(config)
   statistics = tfx.components.StatisticsGen(examples=examples.outputs['examples'])
   schema = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
@@ -92,7 +98,14 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
         custom_config=config.trainer_config(stage))
 
-  pretrain = trainer('pretrain', PRETRAIN_RUN_FN, config.pretrain_steps).with_id('PretrainTrainer')
+  latest_blessed = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+  ).with_id('LatestBlessedModelResolver')
+  pretrain = trainer('pretrain', PRETRAIN_RUN_FN, config.pretrain_steps,
+                     base_model=latest_blessed.outputs['model'] if config.warm_start else None
+                     ).with_id('PretrainTrainer')
   finetune = trainer('finetune', FINETUNE_RUN_FN, config.finetune_steps,
                      base_model=pretrain.outputs['model']).with_id('FinetuneTrainer')
 
@@ -101,11 +114,6 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
   pretrain_evaluator = tfx.components.Evaluator(
       examples=examples.outputs['examples'], model=pretrain.outputs['model'], example_splits=[split],
       eval_config=eval_config(config, gate=False)).with_id('PretrainEvaluator')
-  latest_blessed = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-  ).with_id('LatestBlessedModelResolver')
   evaluator = tfx.components.Evaluator(
       examples=examples.outputs['examples'], model=finetune.outputs['model'], example_splits=[split],
       baseline_model=latest_blessed.outputs['model'], eval_config=eval_config(config, gate=True))
@@ -118,7 +126,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
                       pretrain_evaluator, latest_blessed, evaluator, pusher]
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root, components=components,
-      enable_cache=False,
-      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-          config.metadata_path),
+      enable_cache=config.enable_cache,
+      metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+          config.metadata_path) if local_metadata else None),
       beam_pipeline_args=config.beam_pipeline_args)

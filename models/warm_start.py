@@ -1,0 +1,124 @@
+"""Cross-run warm start: the pretrain stage continues from the production model's backbone.
+
+The production model (the latest blessed one) is an MLoRA model fine-tuned on an earlier span, with that
+span's Transform vocabularies. Its shared weights go into the backbone built for this span:
+
+- layers without an embedding table (dense, FM, ...): every weight of the same layer and name and shape;
+  the adapters have no counterpart in a backbone and stay behind;
+- vocabulary embeddings: row by row through the token each row stands for, since vocabularies are ordered
+  by frequency and change between spans (the old vocabulary is the `assets/<column>` file of the old
+  SavedModel); tokens new in this span keep their fresh rows; the OOV rows map onto the old OOV rows;
+- hashed-id embeddings: as they are when the bucket count did not change;
+- the domain embedding: domain `i` keeps row `i`, since domains are only ever appended to
+  `FeatureSpec.domains` (domain `i` owns adapter `i`); a domain added since, and the unknown-domain row,
+  start from the old unknown-domain row, which is how the old model scored a domain it did not know.
+
+Anything else that does not fit (a changed architecture) keeps its fresh initial value, and is logged.
+"""
+import logging
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from models.features import DOMAIN_INDEX, FeatureSpec, transformed_name
+from models.preprocessing import OOV_BUCKETS
+
+_LOG = logging.getLogger(__name__)
+EMBEDDING_PREFIXES = ('embedding', 'linear')  # models.model.EmbeddedFeatures' table names: f'{prefix}_{feature}'
+
+
+def read_vocabulary(path: str) -> List[bytes]:
+  """A Transform vocabulary file: one token a line, the line number is the token's id."""
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return [line.rstrip(b'\n') for line in f]
+
+
+def vocabulary_rows(old: List[bytes], new: List[bytes], padding: int = 0) -> np.ndarray:
+  """For each row of the new embedding table, the old table's row for the same token, or -1 (a token new
+  in this span). Rows are [padding rows][vocabulary][OOV buckets], as `models.preprocessing` lays them out."""
+  old_ids = {token: i for i, token in enumerate(old)}
+  pad = list(range(padding))
+  tokens = [padding + old_ids[t] if t in old_ids else -1 for t in new]
+  oov = [padding + len(old) + b for b in range(OOV_BUCKETS)]
+  return np.array(pad + tokens + oov, dtype=np.int64)
+
+
+def domain_rows(old_domains: int, new_domains: int) -> np.ndarray:
+  """Domain embedding rows: the first `old_domains` keep their row, every later one (new domains and the
+  unknown-domain row, the last) starts from the old unknown-domain row."""
+  return np.array([min(i, old_domains) for i in range(new_domains + 1)], dtype=np.int64)
+
+
+def embedding_rows(feature: str, spec: FeatureSpec, old_vocabularies: Dict[str, List[bytes]],
+                   new_vocabularies: Dict[str, List[bytes]], old_rows: int, new_rows: int) -> Optional[np.ndarray]:
+  """The old row of each row of `feature`'s embedding table, or None when the tables do not correspond."""
+  if feature == DOMAIN_INDEX:
+    return domain_rows(old_rows - 1, new_rows - 1)
+  for column in list(spec.vocab) + list(spec.multivalent):
+    if feature == transformed_name(column):
+      if column not in old_vocabularies:  # a column the production model did not have
+        return None
+      padding = 1 if column in spec.multivalent else 0
+      return vocabulary_rows(old_vocabularies[column], new_vocabularies[column], padding)
+  return np.arange(new_rows) if old_rows == new_rows else None  # hashed ids: same buckets, same rows
+
+
+def _embedding_feature(layer_name: str) -> Optional[str]:
+  for prefix in EMBEDDING_PREFIXES:
+    if layer_name.startswith(prefix + '_'):
+      return layer_name[len(prefix) + 1:]
+  return None
+
+
+def _short_name(weight) -> str:
+  return weight.name.split('/')[-1].split(':')[0]
+
+
+def _value_from(old: Optional[np.ndarray], weight, embedding: bool, rows: Optional[np.ndarray]) -> Optional[np.ndarray]:
+  """`weight`'s new value from its old counterpart: an embedding table through `rows` (`embedding_rows`),
+  keeping the fresh rows marked -1; any other weight as it is; None when they do not correspond."""
+  current = weight.numpy()
+  if old is None:
+    return None
+  if not embedding:
+    return old if old.shape == current.shape else None
+  if rows is None or len(rows) != current.shape[0] or old.shape[1:] != current.shape[1:]:
+    return None
+  return np.where((rows >= 0)[:, None], old[np.maximum(rows, 0)], current)
+
+
+def warm_start(model, base, spec: FeatureSpec, tf_transform_output, base_serving_dir: str) -> None:
+  """Copies `base`'s backbone weights into the freshly built backbone `model` (see the module docstring).
+
+  Args:
+    model: The backbone built for this span's Transform output.
+    base: The production model's Keras model (with or without adapters).
+    spec: This span's feature contract.
+    tf_transform_output: This span's Transform output (its vocabularies).
+    base_serving_dir: The production model's SavedModel, whose `assets/` hold its vocabularies.
+  """
+  columns = list(spec.vocab) + list(spec.multivalent)
+  assets = os.path.join(base_serving_dir, 'assets')
+  old_vocabularies = {c: read_vocabulary(os.path.join(assets, c)) for c in columns
+                      if tf.io.gfile.exists(os.path.join(assets, c))}
+  new_vocabularies = {c: tf_transform_output.vocabulary_by_name(c) for c in columns}
+  base_layers = {layer.name: layer for layer in base.layers}
+  copied, kept = 0, []
+  for layer in model.layers:
+    source = base_layers.get(layer.name)
+    old_weights = {_short_name(w): w.numpy() for w in source.weights} if source else {}
+    feature = _embedding_feature(layer.name)
+    for weight in layer.weights:
+      old = old_weights.get(_short_name(weight))
+      rows = None if feature is None or old is None else embedding_rows(
+          feature, spec, old_vocabularies, new_vocabularies, old.shape[0], weight.shape[0])
+      value = _value_from(old, weight, feature is not None, rows)
+      if value is None:
+        kept.append(weight.name)
+      else:
+        weight.assign(value)
+        copied += 1
+  _LOG.info('warm start: %d weights from the production model, %d kept fresh%s', copied, len(kept),
+            f': {kept}' if kept else '')

@@ -1,0 +1,470 @@
+"""The benchmark harness behind `tfx_runner.py bench`: a grid of dataset (with its domain split) x backbone x
+adaptation method x seed, run through the real pipeline and summarized as results.md, results.json and plots.
+
+One cell is one (dataset, backbone, seed): a `tfx_runner.py run` in a subprocess (its log in the cell's
+folder). Every adaptation method in METHODS is the model of one of that run's Trainers, so a single run
+yields them all. After the run, each method's SavedModel scores the dataset's test split in-process and
+models/metrics.py turns the scores into per-domain and overall metrics. Each finished cell appends one line
+to results.jsonl; a rerun on the same output folder with the same settings skips the cells found there.
+
+Layout of the output folder:
+  data/<dataset>/                    prepared input, made once and reused (`data.prepare`)
+  cells/<dataset>/<backbone>/seed-<seed>/run.log, run/   the cell's pipeline log and output folder
+  results.jsonl                      one line per finished cell
+  results.md, results.json           the summary over seeds
+  domain_auc_<dataset>_<backbone>.png, wauc_<dataset>.png
+"""
+import dataclasses
+import functools
+import glob
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import tensorflow as tf
+from scipy import stats
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tfx.utils import path_utils
+from tfx_bsl.coders import example_coder
+
+from data import synthetic
+from data.loaders import MOVIELENS_DOMAINS
+from data.prepare import prepare
+from models import metrics
+from models.backbones import BACKBONES
+from models.features import FeatureSpec
+from models.trainer import TRAINING_STATS_FILE, keras_model_path
+from pipeline.config import PipelineConfig
+from pipeline.report import latest_run_artifacts
+from schemas import SCHEMA_FILE, load_schema
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TFX_RUNNER = os.path.join(REPO_ROOT, 'tfx_runner.py')
+RESULTS_JSONL, RESULTS_MD, RESULTS_JSON = 'results.jsonl', 'results.md', 'results.json'
+SCORING_BATCH = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """An adaptation method: the model of one Trainer of the pipeline, compared with `baseline` (a METHODS
+  key) in the paired t-test, or with nothing when it is the baseline itself."""
+  label: str
+  trainer: str
+  baseline: Optional[str] = None
+
+
+BASELINE = 'base'
+METHODS: Dict[str, Method] = {
+    BASELINE: Method('base', trainer='PretrainTrainer'),
+    'mlora': Method('+MLoRA', trainer='FinetuneTrainer', baseline=BASELINE),
+}
+SYNTHETIC = 'synthetic'
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A benchmark dataset: `movielens:<user field>` (one domain per value of gender, age or occupation)
+  read from `source`, or `synthetic` (the embedded generator, `rows` rows)."""
+  name: str
+  domain: Optional[str] = None
+  source: Optional[str] = None
+  rows: Optional[int] = None
+
+  @classmethod
+  def parse(cls, text: str, movielens_path: str, synthetic_rows: int) -> 'Dataset':
+    """'movielens:age', 'movielens' (gender domains) or 'synthetic'; ValueError for anything else."""
+    name, _, domain = text.partition(':')
+    if name == 'movielens':
+      domain = domain or 'gender'
+      if domain not in MOVIELENS_DOMAINS:
+        raise ValueError(f'{text!r}: MovieLens domains come from one of {list(MOVIELENS_DOMAINS)}.')
+      return cls(name, domain=domain, source=os.path.abspath(movielens_path))
+    if name == SYNTHETIC and not domain:
+      return cls(name, rows=synthetic_rows)
+    raise ValueError(f'Unknown dataset {text!r}; expected one of movielens[:{"|".join(MOVIELENS_DOMAINS)}] '
+                     f'or {SYNTHETIC}.')
+
+  @property
+  def key(self) -> str:
+    """The name results are reported under."""
+    return f'{self.name}:{self.domain}' if self.domain else self.name
+
+  @property
+  def folder(self) -> str:
+    """Names its prepared data; differs whenever the data would."""
+    return f'{self.name}-{self.domain}' if self.domain else f'{self.name}-{self.rows}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """The `tfx_runner.py run` options every cell shares; None keeps the pipeline's default."""
+  pretrain_steps: Optional[int] = None
+  finetune_steps: Optional[int] = None
+  eval_steps: Optional[int] = None
+  batch_size: Optional[int] = None
+  hidden_units: Optional[str] = None  # like '256-128-64'
+
+  def flags(self) -> List[str]:
+    """The command-line flags of the options that are set."""
+    flags = []
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if value is not None:
+        flags += [f'--{field.name.replace("_", "-")}', str(value)]
+    return flags
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One pipeline run of the grid."""
+  dataset: Dataset
+  backbone: str
+  seed: int
+
+  @property
+  def key(self) -> str:
+    """Names the cell in progress lines and records."""
+    return f'{self.dataset.key} {self.backbone} seed={self.seed}'
+
+  def folder(self, output_dir: str) -> str:
+    """Holds the cell's pipeline log and output folder."""
+    return os.path.join(output_dir, 'cells', self.dataset.folder, self.backbone, f'seed-{self.seed}')
+
+
+def build_grid(datasets: Sequence[Dataset], backbones: Sequence[str], seeds: Sequence[int]) -> List[Cell]:
+  """Every (dataset, backbone, seed) in that nesting order; ValueError for an unknown backbone."""
+  unknown = [b for b in backbones if b not in BACKBONES]
+  if unknown:
+    raise ValueError(f'Unknown backbones {unknown}; expected some of {sorted(BACKBONES)}.')
+  return [Cell(*values) for values in itertools.product(datasets, backbones, seeds)]
+
+
+# --- Data ----------------------------------------------------------------------------------------------
+
+def prepared_data(dataset: Dataset, output_dir: str) -> str:
+  """The dataset's prepared folder under `output_dir/data`, written by `data.prepare` the first time."""
+  path = os.path.join(output_dir, 'data', dataset.folder)
+  if os.path.exists(path):  # prepare() renames a complete folder into place, so this one is complete
+    return path
+  if dataset.name == SYNTHETIC:
+    spec = synthetic.FEATURE_SPEC
+    with tempfile.TemporaryDirectory() as raw_dir:
+      source = synthetic.write_csv(synthetic.generate(dataset.rows, seed=0), raw_dir)
+      prepare('csv', source, path, domain_column=spec.domain, label_columns=spec.label_columns,
+              categorical=spec.categorical, numeric=spec.numeric, user_column=spec.user)
+  else:
+    prepare(dataset.name, dataset.source, path, domain=dataset.domain)
+  return path
+
+
+@dataclasses.dataclass
+class TestSplit:
+  """A prepared dataset's test split: serialized tf.Examples of the raw features (labels left out, as in a
+  serving request) and, row for row, the click labels, domains and users (None without a user column)."""
+  examples: List[bytes]
+  labels: np.ndarray
+  domains: np.ndarray
+  users: Optional[np.ndarray]
+
+
+_ARROW_TYPES = {schema_pb2.INT: pa.int64(), schema_pb2.FLOAT: pa.float32(), schema_pb2.BYTES: pa.binary()}
+
+
+@functools.lru_cache(maxsize=None)
+def load_test_split(data_path: str) -> TestSplit:
+  """Reads `data_path/test/*.csv`, typing each column as schema.pbtxt says (read once per dataset)."""
+  spec = FeatureSpec.load(data_path)
+  types = {f.name: _ARROW_TYPES[f.type] for f in load_schema(os.path.join(data_path, SCHEMA_FILE)).feature}
+  frame = pd.concat([pd.read_csv(path, dtype=str, keep_default_na=False)
+                     for path in sorted(glob.glob(os.path.join(data_path, 'test', '*.csv')))], ignore_index=True)
+  columns = [c for c in spec.raw_columns if c not in spec.label_columns]
+  one_value_each = pa.array(np.arange(len(frame) + 1, dtype=np.int32))
+  batch = pa.RecordBatch.from_arrays(
+      [pa.ListArray.from_arrays(one_value_each, pa.array(frame[c].to_numpy(), pa.string()).cast(types[c]))
+       for c in columns], columns)
+  return TestSplit(examples=example_coder.RecordBatchToExamples(batch),
+                   labels=frame[spec.label].astype(np.int64).to_numpy(),
+                   domains=frame[spec.domain].to_numpy(),
+                   users=frame[spec.user].to_numpy() if spec.user else None)
+
+
+# --- One cell ------------------------------------------------------------------------------------------
+
+class CellFailed(RuntimeError):
+  """The cell's pipeline run did not finish; the message points to its log."""
+
+
+def trained_models(run_dir: str, data_path: str) -> Dict[str, str]:
+  """{method: Model artifact URI} of the latest pipeline run in `run_dir`, read from its metadata store."""
+  config = PipelineConfig(data_path=data_path, schema_path=os.path.join(data_path, SCHEMA_FILE),
+                          output_dir=run_dir, feature_spec=FeatureSpec.load(data_path))
+  by_node = latest_run_artifacts(config)
+  return {name: max(by_node[method.trainer]['Model'], key=lambda a: a.id).uri for name, method in METHODS.items()}
+
+
+def score_model(model_uri: str, test: TestSplit) -> dict:
+  """The model's `domain_report` on the test split, plus its training_stats.json (throughput, parameters)."""
+  serving_path = path_utils.serving_model_path(model_uri)
+  serve = tf.saved_model.load(serving_path).signatures['serving_default']
+  batches = (test.examples[start:start + SCORING_BATCH] for start in range(0, len(test.examples), SCORING_BATCH))
+  predictions = np.concatenate([serve(examples=tf.constant(batch))['ctr'].numpy() for batch in batches])
+  with open(os.path.join(os.path.dirname(keras_model_path(serving_path)), TRAINING_STATS_FILE)) as f:
+    training_stats = json.load(f)
+  return {**metrics.domain_report(test.labels, predictions, test.domains, test.users), **training_stats}
+
+
+def run_cell(cell: Cell, training: Training, output_dir: str) -> dict:
+  """Runs the cell's pipeline in a subprocess, scores every method's model and returns the cell's record;
+  its wall time counts the run and the scoring, not the dataset's one-off preparation."""
+  data_path = prepared_data(cell.dataset, output_dir)
+  start = time.time()
+  folder = cell.folder(output_dir)
+  run_dir, log_path = os.path.join(folder, 'run'), os.path.join(folder, 'run.log')
+  shutil.rmtree(run_dir, ignore_errors=True)  # left by an interrupted attempt: start from an empty store
+  os.makedirs(folder, exist_ok=True)
+  command = [sys.executable, TFX_RUNNER, 'run', '--data-path', data_path, '--output-dir', run_dir,
+             '--backbone', cell.backbone, '--seed', str(cell.seed), *training.flags()]
+  with open(log_path, 'w') as log:
+    log.write(' '.join(command) + '\n')
+    log.flush()
+    status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, check=False)
+  if status.returncode:
+    raise CellFailed(f'pipeline exited with {status.returncode}, see {log_path}')
+  test = load_test_split(data_path)
+  results = {name: score_model(uri, test) for name, uri in trained_models(run_dir, data_path).items()}
+  return {**cell_identity(cell, training), 'wall_seconds': time.time() - start, 'methods': results}
+
+
+# --- Results file and resuming -------------------------------------------------------------------------
+
+def cell_identity(cell: Cell, training: Training) -> dict:
+  """The fields that tell whether a record answers this cell: same cell, same data, same training."""
+  return {'cell': cell.key, 'dataset': cell.dataset.key, 'data': cell.dataset.folder, 'backbone': cell.backbone,
+          'seed': cell.seed, 'training': dataclasses.asdict(training)}
+
+
+def is_record_of(record: dict, cell: Cell, training: Training) -> bool:
+  """Whether `record` holds the results of `cell` trained with `training`."""
+  identity = cell_identity(cell, training)
+  return all(record.get(field) == value for field, value in identity.items())
+
+
+def read_records(path: str) -> List[dict]:
+  """The records of results.jsonl, [] when it does not exist yet."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def append_record(path: str, record: dict) -> None:
+  """Adds one line to results.jsonl by replacing the file, so the line is either complete or absent."""
+  lines = [json.dumps(r) + '\n' for r in read_records(path) + [record]]
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(lines)
+  os.replace(path + '.tmp', path)
+
+
+def grid_records(cells: Sequence[Cell], training: Training, records: Sequence[dict]) -> Dict[Cell, dict]:
+  """{cell: its latest record} for the cells of the grid that are finished."""
+  return {cell: record for cell in cells for record in records if is_record_of(record, cell, training)}
+
+
+# --- Summary over seeds --------------------------------------------------------------------------------
+
+def mean_std(values: Sequence[float]) -> dict:
+  """{'mean', 'std'}: the sample standard deviation (ddof 1), None for a single value."""
+  values = np.asarray(values, dtype=np.float64)
+  return {'mean': float(values.mean()), 'std': float(values.std(ddof=1)) if len(values) > 1 else None}
+
+
+def paired_p_value(candidate: Dict[int, float], baseline: Dict[int, float]) -> Optional[float]:
+  """Two-sided paired t-test (scipy.stats.ttest_rel) over the seeds both have; None with fewer than two
+  pairs or when every difference is zero."""
+  seeds = sorted(set(candidate) & set(baseline))
+  if len(seeds) < 2:
+    return None
+  p_value = float(stats.ttest_rel([candidate[s] for s in seeds], [baseline[s] for s in seeds]).pvalue)
+  return None if math.isnan(p_value) else p_value
+
+
+SUMMARY_METRICS = ('wauc', 'auc', 'gauc', 'logloss', 'calibration')
+DOMAIN_METRICS = ('auc', 'logloss', 'calibration')
+
+
+def _method_row(backbone: str, name: str, records: Sequence[dict]) -> dict:
+  """One backbone x method over the seeds of `records` (all of one dataset and backbone)."""
+  results = [r['methods'][name] for r in records]
+  domains = sorted(results[0]['domains'], key=lambda d: (-results[0]['domains'][d]['count'], d))
+  return {
+      'backbone': backbone, 'method': name, 'label': METHODS[name].label,
+      'seeds': [r['seed'] for r in records],
+      **{m: mean_std([x[m] for x in results]) for m in SUMMARY_METRICS if m in results[0]},
+      'domains': {d: {'count': results[0]['domains'][d]['count'],
+                      **{m: mean_std([x['domains'][d][m] for x in results]) for m in DOMAIN_METRICS}}
+                  for d in domains},
+      'parameters': results[0]['parameters'],  # the same for every seed
+      'trainable_parameters': results[0]['trainable_parameters'],
+      'adapter_parameters_per_domain': results[0]['adapter_parameters_per_domain'],
+      'examples_per_second': float(np.mean([x['examples_per_second'] for x in results])),
+      'cell_wall_seconds': float(np.mean([r['wall_seconds'] for r in records])),
+      'baseline': METHODS[name].baseline,
+      'wauc_p_value': None,
+  }
+
+
+def summarize(records: Sequence[dict]) -> dict:
+  """{'datasets': {dataset: {'domains', 'rows'}}, 'cells', 'cells_wall_seconds'} over the records of one
+  grid: a row per backbone x method (in METHODS order) with mean and std over seeds, and the paired
+  t-test p-value of each method's WAUC against its baseline's."""
+  by_dataset: Dict[str, Dict[str, List[dict]]] = {}
+  for record in records:
+    by_dataset.setdefault(record['dataset'], {}).setdefault(record['backbone'], []).append(record)
+  datasets = {}
+  for dataset, by_backbone in by_dataset.items():
+    rows = []
+    for backbone, group in by_backbone.items():
+      group = sorted(group, key=lambda r: r['seed'])
+      wauc_by_seed = {name: {r['seed']: r['methods'][name]['wauc'] for r in group}
+                      for name in METHODS if name in group[0]['methods']}
+      for name, method in METHODS.items():
+        if name not in wauc_by_seed:
+          continue
+        row = _method_row(backbone, name, group)
+        if method.baseline in wauc_by_seed:
+          row['wauc_p_value'] = paired_p_value(wauc_by_seed[name], wauc_by_seed[method.baseline])
+        rows.append(row)
+    datasets[dataset] = {'domains': list(rows[0]['domains']), 'rows': rows}
+  return {'datasets': datasets, 'cells': len(records),
+          'cells_wall_seconds': float(sum(r['wall_seconds'] for r in records))}
+
+
+def _number(value: Optional[float], spec: str = '.4f') -> str:
+  """The value formatted by `spec`; '-' when it is missing or nan."""
+  return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def format_markdown(summary: dict) -> str:
+  """results.md: per dataset, a table with a row per backbone x method."""
+  sections = ['# Benchmark results',
+              f'{summary["cells"]} cells, {summary["cells_wall_seconds"]:.0f} s of cell wall time. '
+              'Test split; mean over seeds (WAUC: mean ± sample std). p: two-sided paired t-test over seeds '
+              '(scipy.stats.ttest_rel) of the method\'s WAUC against its baseline\'s.']
+  for dataset, table in summary['datasets'].items():
+    domains = table['domains']
+    header = (['backbone', 'method', 'seeds', 'WAUC', 'AUC', 'GAUC', 'logloss']
+              + [f'AUC {d}' for d in domains]
+              + ['params', 'adapter params / domain', 'examples/s', 'cell wall s', 'p (WAUC vs base)'])
+    lines = [f'## {dataset}', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for row in table['rows']:
+      wauc = row['wauc']
+      cells = [row['backbone'], row['label'], str(len(row['seeds'])),
+               f'{_number(wauc["mean"])} ± {_number(wauc["std"])}',
+               _number(row['auc']['mean']), _number(row.get('gauc', {}).get('mean')), _number(row['logloss']['mean'])]
+      cells += [_number(row['domains'][d]['auc']['mean']) if d in row['domains'] else '-' for d in domains]
+      cells += [f'{row["parameters"]:,}', f'{row["adapter_parameters_per_domain"]:,}',
+                f'{row["examples_per_second"]:,.0f}', f'{row["cell_wall_seconds"]:.0f}',
+                _number(row['wauc_p_value'], '.3g')]
+      lines.append('| ' + ' | '.join(cells) + ' |')
+    sections.append('\n'.join(lines))
+  return '\n\n'.join(sections) + '\n'
+
+
+# --- Plots ---------------------------------------------------------------------------------------------
+
+def _grouped_bars(path: str, groups: Sequence[str], series: Dict[str, tuple], ylabel: str, title: str) -> str:
+  """Bars of `series` {label: (means, stds)} side by side in each of `groups`, stds as error bars."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  positions = np.arange(len(groups))
+  width = 0.8 / len(series)
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * len(series)), 4))
+  for index, (label, (means, stds)) in enumerate(series.items()):
+    errors = None if all(s is None for s in stds) else [0.0 if s is None else s for s in stds]
+    ax.bar(positions + (index - (len(series) - 1) / 2) * width, means, width, yerr=errors, capsize=3, label=label)
+  low = min(m for means, _ in series.values() for m in means if not math.isnan(m))
+  ax.set_ylim(max(0.0, low - 0.05), 1.0)
+  ax.set_xticks(positions, groups, fontsize=8)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_summary(summary: dict, output_dir: str) -> List[str]:
+  """Per dataset and backbone, per-domain AUC of each method; per dataset, WAUC per backbone and method."""
+  paths = []
+  for dataset, table in summary['datasets'].items():
+    name = dataset.replace(':', '-')
+    backbones = list(dict.fromkeys(row['backbone'] for row in table['rows']))
+    for backbone in backbones:
+      rows = [row for row in table['rows'] if row['backbone'] == backbone]
+      series = {row['label']: ([row['domains'][d]['auc']['mean'] for d in table['domains']],
+                               [row['domains'][d]['auc']['std'] for d in table['domains']]) for row in rows}
+      title = f'{dataset} {backbone}: per-domain AUC, mean ± std over seeds'
+      paths.append(_grouped_bars(os.path.join(output_dir, f'domain_auc_{name}_{backbone}.png'), table['domains'],
+                                 series, 'AUC (test split)', title))
+    series = {}
+    for method in METHODS.values():
+      rows = {row['backbone']: row['wauc'] for row in table['rows'] if row['label'] == method.label}
+      if rows:
+        series[method.label] = ([rows[b]['mean'] if b in rows else math.nan for b in backbones],
+                                [rows[b]['std'] if b in rows else None for b in backbones])
+    paths.append(_grouped_bars(os.path.join(output_dir, f'wauc_{name}.png'), backbones, series,
+                               'WAUC (test split)', f'{dataset}: WAUC, mean ± std over seeds'))
+  return paths
+
+
+# --- The grid ------------------------------------------------------------------------------------------
+
+def run_grid(cells: Sequence[Cell], training: Training, output_dir: str,
+             run: Callable[[Cell, Training, str], dict] = run_cell) -> dict:
+  """Runs the cells not finished yet (one progress line each), then writes results.md, results.json and
+  the plots over every finished cell of the grid and returns the summary, with `failed`: the cells whose
+  run failed this time (rerun the command to retry them)."""
+  os.makedirs(output_dir, exist_ok=True)
+  jsonl_path = os.path.join(output_dir, RESULTS_JSONL)
+  finished = grid_records(cells, training, read_records(jsonl_path))
+  failed = []
+  for index, cell in enumerate(cells, 1):
+    progress = f'[{index}/{len(cells)}] {cell.key}'
+    if cell in finished:
+      print(f'{progress} finished earlier, skipped', flush=True)
+      continue
+    print(f'{progress} ...', flush=True)
+    start = time.time()
+    try:
+      record = run(cell, training, output_dir)
+    except CellFailed as error:
+      print(f'{progress} FAILED after {time.time() - start:.0f} s: {error}', flush=True)
+      failed.append(cell.key)
+      continue
+    append_record(jsonl_path, record)
+    finished[cell] = record
+    waucs = ' '.join(f'{name} {result["wauc"]:.4f}' for name, result in record['methods'].items())
+    print(f'{progress} done in {record["wall_seconds"]:.0f} s, WAUC {waucs}', flush=True)
+
+  summary = summarize([finished[cell] for cell in cells if cell in finished])
+  summary['training'] = dataclasses.asdict(training)
+  summary['failed'] = failed
+  with open(os.path.join(output_dir, RESULTS_MD), 'w') as f:
+    f.write(format_markdown(summary))
+  summary['plots'] = plot_summary(summary, output_dir)
+  with open(os.path.join(output_dir, RESULTS_JSON), 'w') as f:
+    json.dump(summary, f, indent=2)
+  return summary

@@ -1,0 +1,168 @@
+"""Continual runs, simulated: daily spans with drift, the pipeline once per span, a table per run.
+
+The days are slices of one synthetic world (`data.synthetic.generate` with one seed: the same users,
+items and hidden tastes every day), with two drifts:
+
+- the click rate of `drift_domain` falls day after day: on day d, a share `1 - (1 - click_drop) ** (d - 1)`
+  of its clicks is lost (the click and its conversion become a non-click);
+- from day `new_domain_day`, a new domain takes `new_domain_share` of the traffic, drawn from every
+  domain's rows, with a behaviour of its own: it keeps only `NEW_DOMAIN_WEB_CLICKS` of the clicks outside
+  the app. That day the domain is appended to the feature contract and to the schema's domain list
+  (`features.json` and `schema.pbtxt` at the data root), or validation would stop the span. Its adapter is
+  onboarded without retraining anything from scratch: the backbone warm-starts from the production model
+  (the new domain's embedding from the old unknown-domain one, see `models.warm_start`), and the fine-tune
+  stage builds one more adapter, which starts at zero (the backbone's prediction) and trains with the rest.
+
+Each span is written as `DATA_ROOT/span-N/{train,eval}/data.csv`; the run is whatever `make_config(data
+root)` and `run_pipeline(config)` do (the `run` command's path), so the newest span is ingested, the
+backbone warm-started from the production model, and the candidate evaluated against it.
+"""
+import dataclasses
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from components.anomalies_gate import DataValidationError
+from data import synthetic
+from models.features import FeatureSpec
+from pipeline import lineage
+from pipeline import report as report_lib
+from pipeline.config import SPAN_FOLDER, PipelineConfig
+import schemas
+
+NEW_DOMAIN_WEB_CLICKS = 0.3
+EVAL_SHARE = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Drift:
+  """How the simulated days change (see the module docstring)."""
+  drift_domain: str = 'banner'
+  click_drop: float = 0.15
+  new_domain: str = 'mini_program'
+  new_domain_day: int = 4
+  new_domain_share: float = 0.1
+
+
+def day_frame(world: pd.DataFrame, day: int, rows: int, drift: Drift, seed: int) -> pd.DataFrame:
+  """Day `day`'s traffic (1-based): its slice of `world`, drifted."""
+  frame = world.iloc[(day - 1) * rows:day * rows].reset_index(drop=True).copy()
+  rng = np.random.default_rng([seed, day])
+  lost = 1.0 - (1.0 - drift.click_drop) ** (day - 1)
+  _drop_clicks(frame, (frame.domain == drift.drift_domain).to_numpy(), lost, rng)
+  if day >= drift.new_domain_day:
+    new = rng.random(len(frame)) < drift.new_domain_share
+    frame.loc[new, 'domain'] = drift.new_domain
+    _drop_clicks(frame, new & ~frame.context.str.startswith('app_').to_numpy(), 1.0 - NEW_DOMAIN_WEB_CLICKS, rng)
+  return frame
+
+
+def _drop_clicks(frame: pd.DataFrame, rows: np.ndarray, share: float, rng: np.random.Generator) -> None:
+  """Turns a `share` of the clicks among `rows` into non-clicks (a conversion only follows a click)."""
+  lost = rows & (frame.click.to_numpy() == 1) & (rng.random(len(frame)) < share)
+  frame.loc[lost, ['click', 'conversion']] = 0
+
+
+def day_spec(day: int, drift: Drift) -> FeatureSpec:
+  """The feature contract on day `day`: the new domain appended from its first day."""
+  spec = synthetic.FEATURE_SPEC
+  if day < drift.new_domain_day:
+    return spec
+  return dataclasses.replace(spec, domains=list(spec.domains) + [drift.new_domain])
+
+
+def write_contract(data_root: str, spec: FeatureSpec) -> None:
+  """`features.json`, and the curated schema with `spec`'s domain list, at the data root."""
+  os.makedirs(data_root, exist_ok=True)
+  spec.save(data_root)
+  schema = schemas.load_schema(schemas.DEFAULT_SCHEMA_PATH)
+  domain = next(d for d in schema.string_domain if d.name == spec.domain)
+  del domain.value[:]
+  domain.value.extend(spec.domains)
+  schemas.write_schema(schema, os.path.join(data_root, schemas.SCHEMA_FILE))
+
+
+def write_span(frame: pd.DataFrame, data_root: str, day: int) -> str:
+  """`span-<day>/train/` and `span-<day>/eval/` (the last EVAL_SHARE of the rows); returns the folder."""
+  folder = os.path.join(data_root, SPAN_FOLDER.replace('{SPAN}', str(day)))
+  cut = int(len(frame) * (1.0 - EVAL_SHARE))
+  synthetic.write_csv(frame.iloc[:cut], os.path.join(folder, 'train'))
+  synthetic.write_csv(frame.iloc[cut:], os.path.join(folder, 'eval'))
+  return folder
+
+
+def candidate_and_production(config: PipelineConfig) -> Dict[Optional[str], Dict[str, Optional[float]]]:
+  """{domain, or None for all domains: {'candidate': AUC, 'production': AUC or None}} from the latest
+  run's Evaluator, which scores both on the same examples; None where there is no production model yet."""
+  by_node = report_lib.latest_run_artifacts(config)
+  evaluation = max(by_node['Evaluator']['ModelEvaluation'], key=lambda a: a.id)
+  metrics = report_lib.slice_metrics(evaluation.uri, config.feature_spec.domain)
+  result = {}
+  for domain, values in metrics.items():
+    diff = values.get('auc_diff')
+    result[domain] = {'candidate': values.get('auc'),
+                      'production': None if diff is None else values['auc'] - diff}
+  return result
+
+
+def _fmt(value: Optional[float], spec: str = '.4f') -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def format_run(summary: dict) -> str:
+  """One run's table: per-domain AUC of the candidate and the production model, blessed, pushed."""
+  lines = [f'span {summary["span"]}: {summary["rows"]} rows, {len(summary["domains"])} domains, '
+           f'warm start: {summary["warm_start"] or "none (from scratch)"}, wall time {summary["wall_s"]:.0f} s']
+  if summary['stopped']:
+    return '\n'.join(lines + [f'stopped by validation, production unchanged:\n{summary["stopped"]}'])
+  header = f'{"domain":<16}{"AUC cand":>10}{"AUC prod":>10}{"delta":>9}'
+  lines += [header, '-' * len(header)]
+  for domain in summary['domains'] + [None]:
+    auc = summary['auc'].get(domain, {})
+    candidate, production = auc.get('candidate'), auc.get('production')
+    delta = None if candidate is None or production is None else candidate - production
+    lines.append(f'{domain or "all domains":<16}{_fmt(candidate):>10}{_fmt(production):>10}{_fmt(delta, "+.4f"):>9}')
+  lines.append(f'blessed: {summary["blessed"]}  pushed: {summary["pushed"] or "no"}')
+  return '\n'.join(lines)
+
+
+def format_summary(summaries: List[dict]) -> str:
+  """One line per run: span, size, wall time, warm start, overall AUC of candidate and production, verdict."""
+  header = f'{"span":>4}{"rows":>8}{"wall s":>8}{"warm":>6}{"AUC cand":>10}{"AUC prod":>10}{"blessed":>9}{"pushed":>8}'
+  lines = [header, '-' * len(header)]
+  for s in summaries:
+    overall = s['auc'].get(None, {})
+    lines.append(f'{s["span"]:>4}{s["rows"]:>8}{s["wall_s"]:>8.0f}{"yes" if s["warm_start"] else "no":>6}'
+                 f'{_fmt(overall.get("candidate")):>10}{_fmt(overall.get("production")):>10}'
+                 f'{"stopped" if s["stopped"] else str(s["blessed"]):>9}{"yes" if s["pushed"] else "no":>8}')
+  return '\n'.join(lines)
+
+
+def simulate(data_root: str, spans: int, rows_per_span: int, make_config: Callable[[str], PipelineConfig],
+             run_pipeline: Callable[[PipelineConfig], dict], drift: Drift = Drift(), seed: int = 0,
+             show: Callable[[str], None] = print) -> List[dict]:
+  """Writes span after span under `data_root` and runs the pipeline on each; shows each run's table and
+  returns one summary per run (span, rows, domains, warm_start, auc, blessed, pushed, stopped, wall_s)."""
+  world = synthetic.generate(rows_per_span * spans, seed)
+  summaries = []
+  for day in range(1, spans + 1):
+    spec = day_spec(day, drift)
+    write_contract(data_root, spec)
+    write_span(day_frame(world, day, rows_per_span, drift, seed), data_root, day)
+    config = make_config(data_root)
+    start = time.time()
+    summary = {'span': day, 'rows': rows_per_span, 'domains': list(spec.domains), 'auc': {}, 'blessed': False,
+               'pushed': None, 'stopped': None, 'warm_start': None}
+    try:
+      report = run_pipeline(config)
+      summary.update(auc=candidate_and_production(config), blessed=report['blessed'], pushed=report['pushed_model'],
+                     warm_start=lineage.warm_start_source(config))
+    except DataValidationError as error:
+      summary['stopped'] = str(error)
+    summary['wall_s'] = time.time() - start
+    show(format_run(summary))
+    summaries.append(summary)
+  return summaries

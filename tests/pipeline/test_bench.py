@@ -1,0 +1,170 @@
+"""The benchmark harness: aggregation, table, resuming and test-split encoding without pipelines, and one real
+1-cell grid end to end."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfx_runner
+from pipeline import bench
+
+TRAINING = bench.Training(pretrain_steps=60, finetune_steps=30, eval_steps=5, batch_size=256, hidden_units='32-16')
+MOVIELENS_GENDER = bench.Dataset('movielens', domain='gender', source='/data/ml-100k')
+
+
+def _method_result(wauc, domain_aucs, adapter_parameters=0):
+  """A method's entry in a record, as run_cell writes it; domain `d` has 100 * (its position + 1) examples."""
+  domains = {d: {'auc': a, 'logloss': 0.5, 'calibration': 1.0, 'count': 100 * (i + 1)}
+             for i, (d, a) in enumerate(domain_aucs.items())}
+  return {'domains': domains, 'auc': wauc + 0.01, 'logloss': 0.5, 'calibration': 1.0, 'count': 300,
+          'wauc': wauc, 'gauc': wauc - 0.05, 'examples_per_second': 1000.0, 'parameters': 5000 + 2 * adapter_parameters,
+          'trainable_parameters': 5000, 'adapter_parameters_per_domain': adapter_parameters}
+
+
+def _record(cell, base_wauc, mlora_wauc, training=TRAINING):
+  return {**bench.cell_identity(cell, training), 'wall_seconds': 100.0 + cell.seed,
+          'methods': {'base': _method_result(base_wauc, {'F': base_wauc, 'M': base_wauc}),
+                      'mlora': _method_result(mlora_wauc, {'F': mlora_wauc, 'M': mlora_wauc}, adapter_parameters=40)}}
+
+
+BASE_WAUC = [0.70, 0.71, 0.73]
+MLORA_WAUC = [0.72, 0.74, 0.75]  # differences 0.02, 0.03, 0.02: t = 7 with 2 degrees of freedom
+
+
+@pytest.fixture
+def records():
+  cells = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0, 1, 2])
+  return [_record(cell, b, m) for cell, b, m in zip(cells, BASE_WAUC, MLORA_WAUC)]
+
+
+def test_mean_std_is_the_sample_std():
+  assert bench.mean_std([1.0, 2.0, 3.0]) == {'mean': 2.0, 'std': 1.0}
+  assert bench.mean_std([0.7]) == {'mean': 0.7, 'std': None}
+
+
+def test_paired_p_value_matches_the_t_distribution():
+  candidate = dict(enumerate(MLORA_WAUC))
+  baseline = dict(enumerate(BASE_WAUC))
+  t = 7.0  # mean difference 0.0233 over its standard error 0.0033
+  expected = 1 - t / np.sqrt(t ** 2 + 2)  # two-sided p of Student's t with 2 degrees of freedom
+  assert bench.paired_p_value(candidate, baseline) == pytest.approx(expected, rel=1e-9)
+  assert bench.paired_p_value({**candidate, 7: 0.99}, baseline) == pytest.approx(expected, rel=1e-9)  # paired
+  assert bench.paired_p_value({0: 0.72}, {0: 0.70}) is None  # one pair: no test
+  assert bench.paired_p_value(baseline, baseline) is None  # every difference zero
+
+
+def test_summarize_rows_per_backbone_and_method(records):
+  summary = bench.summarize(records)
+  assert summary['cells'] == 3 and summary['cells_wall_seconds'] == pytest.approx(303.0)
+  table = summary['datasets']['movielens:gender']
+  assert table['domains'] == ['M', 'F']  # the larger domain first
+  base, mlora = table['rows']
+  assert (base['backbone'], base['method'], base['label'], base['seeds']) == ('mlp', 'base', 'base', [0, 1, 2])
+  assert (mlora['method'], mlora['label']) == ('mlora', '+MLoRA')
+  assert base['wauc']['mean'] == pytest.approx(np.mean(BASE_WAUC))
+  assert base['wauc']['std'] == pytest.approx(np.std(BASE_WAUC, ddof=1))
+  assert mlora['domains']['F']['auc']['mean'] == pytest.approx(np.mean(MLORA_WAUC))
+  assert base['wauc_p_value'] is None
+  assert mlora['wauc_p_value'] == pytest.approx(1 - 7 / np.sqrt(51))
+  assert mlora['adapter_parameters_per_domain'] == 40 and mlora['parameters'] == 5080
+  assert mlora['cell_wall_seconds'] == pytest.approx(101.0)
+
+
+def test_markdown_table(records):
+  text = bench.format_markdown(bench.summarize(records))
+  lines = text.splitlines()
+  header = next(line for line in lines if line.startswith('| backbone'))
+  assert header == ('| backbone | method | seeds | WAUC | AUC | GAUC | logloss | AUC M | AUC F | params | '
+                    'adapter params / domain | examples/s | cell wall s | p (WAUC vs base) |')
+  assert '## movielens:gender' in lines
+  assert lines[lines.index(header) + 1] == '|' + '---|' * 14
+  assert ('| mlp | base | 3 | 0.7133 ± 0.0153 | 0.7233 | 0.6633 | 0.5000 | 0.7133 | 0.7133 | 5,000 | 0 | 1,000 '
+          '| 101 | - |') in lines
+  assert ('| mlp | +MLoRA | 3 | 0.7367 ± 0.0153 | 0.7467 | 0.6867 | 0.5000 | 0.7367 | 0.7367 | 5,080 | 40 | 1,000 '
+          '| 101 | 0.0198 |') in lines
+
+
+def test_run_grid_resumes_after_the_cells_in_the_jsonl(tmp_path, records, capsys):
+  """Cells with a record for the same training are skipped; a record of other training settings is not
+  theirs; a failed cell is reported and left for the next run."""
+  cells = bench.build_grid([MOVIELENS_GENDER], ['mlp', 'deepfm'], [0, 1, 2])
+  other_training = bench.Training(pretrain_steps=999)
+  stale = _record(cells[3], 0.5, 0.5, training=other_training)
+  with open(tmp_path / bench.RESULTS_JSONL, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in records + [stale])
+
+  started = []
+
+  def fake_run(cell, training, output_dir):
+    started.append(cell)
+    if cell.seed == 2:
+      raise bench.CellFailed('pipeline exited with 1')
+    return _record(cell, 0.70, 0.72 + 0.01 * cell.seed, training)
+
+  summary = bench.run_grid(cells, TRAINING, str(tmp_path), run=fake_run)
+  assert started == cells[3:]
+  assert summary['failed'] == ['movielens:gender deepfm seed=2']
+  assert len(bench.read_records(str(tmp_path / bench.RESULTS_JSONL))) == 4 + 2
+  assert [row['label'] for row in summary['datasets']['movielens:gender']['rows']] == ['base', '+MLoRA'] * 2
+  output = capsys.readouterr().out
+  assert '[1/6] movielens:gender mlp seed=0 finished earlier, skipped' in output
+  assert '[4/6] movielens:gender deepfm seed=0 done in 100 s, WAUC base 0.7000 mlora 0.7200' in output
+  assert '[6/6] movielens:gender deepfm seed=2 FAILED' in output
+  for name in (bench.RESULTS_MD, bench.RESULTS_JSON, 'wauc_movielens-gender.png',
+               'domain_auc_movielens-gender_mlp.png', 'domain_auc_movielens-gender_deepfm.png'):
+    assert os.path.getsize(tmp_path / name) > 0
+
+  started.clear()
+  bench.run_grid(cells, TRAINING, str(tmp_path), run=fake_run)
+  assert started == [cells[5]]  # only the failed cell again
+
+
+def test_dataset_names():
+  assert bench.Dataset.parse('movielens', 'ml', 100) == bench.Dataset('movielens', 'gender', os.path.abspath('ml'))
+  assert bench.Dataset.parse('movielens:age', 'ml', 100).folder == 'movielens-age'
+  synthetic = bench.Dataset.parse('synthetic', 'ml', 3000)
+  assert (synthetic.key, synthetic.folder) == ('synthetic', 'synthetic-3000')
+  for text in ('movielens:zip', 'criteo', 'synthetic:x'):
+    with pytest.raises(ValueError):
+      bench.Dataset.parse(text, 'ml', 100)
+  with pytest.raises(ValueError, match='transformer'):
+    bench.build_grid([synthetic], ['mlp', 'transformer'], [0])
+
+
+def test_test_split_becomes_typed_serving_examples(tmp_path):
+  data_path = bench.prepared_data(bench.Dataset('synthetic', rows=500), str(tmp_path))
+  test = bench.load_test_split(data_path)
+  assert len(test.examples) == len(test.labels) == len(test.domains) == len(test.users) > 50
+  example = tf.train.Example.FromString(test.examples[0]).features.feature
+  assert sorted(example) == ['category', 'context', 'domain', 'item_id', 'price', 'user_activity', 'user_id']
+  assert example['domain'].bytes_list.value[0].decode() == test.domains[0]
+  assert example['user_id'].int64_list.value[0] == int(test.users[0])
+  assert len(example['price'].float_list.value) == 1
+  assert set(np.unique(test.labels)) <= {0, 1}
+
+
+@pytest.mark.e2e
+def test_bench_command_runs_a_cell_once(tmp_path, capsys):
+  output_dir = tmp_path / 'bench'
+  argv = ['bench', '--output-dir', str(output_dir), '--datasets', 'synthetic', '--rows', '3000',
+          '--backbones', 'mlp', '--seeds', '0', *TRAINING.flags()]
+  assert tfx_runner.main(argv) == 0
+  assert '[1/1] synthetic mlp seed=0 done in' in capsys.readouterr().out
+  summary = json.loads((output_dir / bench.RESULTS_JSON).read_text())
+  base, mlora = summary['datasets']['synthetic']['rows']
+  for row in (base, mlora):
+    assert 0.3 < row['wauc']['mean'] < 1 and 0.3 < row['auc']['mean'] < 1 and 0 < row['logloss']['mean'] < 1
+    assert len(row['domains']) == 7 and row['examples_per_second'] > 0 and row['cell_wall_seconds'] > 0
+  assert base['adapter_parameters_per_domain'] == 0 < mlora['adapter_parameters_per_domain']
+  assert mlora['parameters'] == base['parameters'] + 7 * mlora['adapter_parameters_per_domain']
+  assert '| mlp | +MLoRA | 1 |' in (output_dir / bench.RESULTS_MD).read_text()
+  assert all(os.path.getsize(path) > 1000 for path in summary['plots'])
+
+  log = output_dir / 'cells' / 'synthetic-3000' / 'mlp' / 'seed-0' / 'run.log'
+  log_written = log.stat().st_mtime_ns
+  assert tfx_runner.main(argv) == 0
+  assert '[1/1] synthetic mlp seed=0 finished earlier, skipped' in capsys.readouterr().out
+  assert log.stat().st_mtime_ns == log_written
+  assert len(bench.read_records(str(output_dir / bench.RESULTS_JSONL))) == 1

@@ -1,0 +1,78 @@
+"""The simulated days: one world, a falling click rate, a new domain with its contract update, the tables."""
+import pandas as pd
+
+from data import synthetic
+from models.features import FeatureSpec
+from pipeline import simulate
+from pipeline.config import span_numbers
+import schemas
+
+DRIFT = simulate.Drift(drift_domain='banner', click_drop=0.3, new_domain_day=3, new_domain_share=0.1)
+ROWS = 4000
+
+
+def _days():
+  world = synthetic.generate(ROWS * 4, seed=1)
+  return world, [simulate.day_frame(world, day, ROWS, DRIFT, seed=1) for day in range(1, 5)]
+
+
+def test_days_are_slices_of_one_world():
+  world, days = _days()
+  pd.testing.assert_frame_equal(days[0].drop(columns=['click', 'conversion']),
+                                world.iloc[:ROWS].drop(columns=['click', 'conversion']).reset_index(drop=True))
+  assert days[0].user_id.isin(days[1].user_id).mean() > 0.9  # the same users come back
+
+
+def test_drift_domain_loses_clicks_day_after_day():
+  world, days = _days()
+  rates = [day[day.domain == 'banner'].click.mean() for day in days]
+  assert rates[0] == world.iloc[:ROWS][world.iloc[:ROWS].domain == 'banner'].click.mean()  # day 1 as generated
+  assert rates[0] > rates[1] > rates[2]
+  for day in days:
+    assert not ((day.conversion == 1) & (day.click == 0)).any()  # a conversion only follows a click
+
+
+def test_new_domain_appears_on_its_day_with_its_own_behaviour():
+  _, days = _days()
+  assert [int((day.domain == DRIFT.new_domain).sum() > 0) for day in days] == [0, 0, 1, 1]
+  new = days[2][days[2].domain == DRIFT.new_domain]
+  assert 0.07 < len(new) / ROWS < 0.13
+  in_app = new.context.str.startswith('app_')
+  assert new[in_app].click.mean() > 1.5 * new[~in_app].click.mean()
+
+
+def test_contract_gains_the_new_domain_on_its_day(tmp_path):
+  assert simulate.day_spec(2, DRIFT).domains == synthetic.FEATURE_SPEC.domains
+  spec = simulate.day_spec(3, DRIFT)
+  assert spec.domains == synthetic.FEATURE_SPEC.domains + [DRIFT.new_domain]  # appended: adapters keep their index
+  simulate.write_contract(str(tmp_path), spec)
+  assert FeatureSpec.load(str(tmp_path)) == spec
+  schema = schemas.load_schema(str(tmp_path / schemas.SCHEMA_FILE))
+  assert list(schema.string_domain[0].value) == spec.domains
+  curated = schemas.load_schema(schemas.DEFAULT_SCHEMA_PATH)
+  assert [f.name for f in schema.feature] == [f.name for f in curated.feature]
+
+
+def test_spans_are_written_with_train_and_eval(tmp_path):
+  _, days = _days()
+  folder = simulate.write_span(days[0], str(tmp_path), 7)
+  assert span_numbers(str(tmp_path)) == [7]
+  train, evaluation = (pd.read_csv(f'{folder}/{s}/data.csv') for s in ('train', 'eval'))
+  assert len(train) + len(evaluation) == ROWS and len(evaluation) == ROWS * simulate.EVAL_SHARE
+
+
+def test_tables_show_candidate_and_production():
+  summary = {'span': 2, 'rows': 100, 'domains': ['a', 'b'], 'warm_start': '/m/9', 'wall_s': 61.0, 'stopped': None,
+             'blessed': True, 'pushed': '/serving/ctr/2',
+             'auc': {'a': {'candidate': 0.7, 'production': 0.65}, 'b': {'candidate': 0.6, 'production': None},
+                     None: {'candidate': 0.66, 'production': 0.64}}}
+  table = simulate.format_run(summary)
+  assert 'warm start: /m/9' in table and 'pushed: /serving/ctr/2' in table
+  row_a = next(line for line in table.splitlines() if line.startswith('a '))
+  assert row_a.split()[1:] == ['0.7000', '0.6500', '+0.0500']
+  assert next(line for line in table.splitlines() if line.startswith('b ')).split()[1:] == ['0.6000', '-', '-']
+  stopped = dict(summary, stopped='field price missing', auc={}, warm_start=None, blessed=False, pushed=None)
+  assert 'stopped by validation' in simulate.format_run(stopped)
+  lines = simulate.format_summary([summary, stopped]).splitlines()
+  assert lines[2].split() == ['2', '100', '61', 'yes', '0.6600', '0.6400', 'True', 'yes']
+  assert lines[3].split()[-2:] == ['stopped', 'no']

@@ -1,0 +1,152 @@
+"""Continual runs on daily span folders: the newest span is ingested, the backbone warm-starts from the
+production model, a corrupted span is stopped by validation, and a failed run's re-run reuses the cached
+components. The e2e tests share one output folder and run in file order, as the days do."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tf_keras
+from ml_metadata.proto import metadata_store_pb2
+
+from models import model as model_lib
+import models.trainer
+import tfx_runner
+from components.anomalies_gate import DataValidationError
+from data import synthetic
+from pipeline import lineage
+from pipeline import simulate
+from pipeline.config import PipelineConfig, latest_span_path, span_numbers
+from pipeline.pipeline import create_pipeline
+import schemas
+
+ROWS = 3000  # per span
+SMALL = dict(pretrain_steps=150, finetune_steps=60, eval_steps=5, batch_size=256, hidden_units=(32, 16),
+             min_domain_auc=0.0)  # the first run is blessed whatever a tiny domain's AUC
+UNTIL_PRETRAIN = ('CsvExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator', 'AnomaliesGate',
+                  'Transform', 'PretrainTrainer')
+USER_EMBEDDING = 'embedding_user_id_xf'
+
+
+def _write_span(data_root, day, frame):
+  simulate.write_span(frame, str(data_root), day)
+
+
+def _config(root, **overrides) -> PipelineConfig:
+  data = root / 'data'
+  return PipelineConfig(data_path=str(data), schema_path=str(data / schemas.SCHEMA_FILE), output_dir=str(root / 'out'),
+                        feature_spec=synthetic.FEATURE_SPEC, **{**SMALL, **overrides})
+
+
+def test_span_folders_are_found_and_the_newest_is_read(tmp_path):
+  frame = synthetic.generate(100)
+  for day in (1, 2, 10):
+    _write_span(tmp_path / 'data', day, frame)
+  (tmp_path / 'data' / 'span-x').mkdir()
+  assert span_numbers(str(tmp_path / 'data')) == [1, 2, 10]
+  assert latest_span_path(str(tmp_path / 'data')).endswith('span-10')
+  config = _config(tmp_path)
+  assert config.spans and config.warm_start  # both follow the span folders
+  assert config.input_layout() == ('csv', ['train', 'eval'])
+  components = {c.id: c for c in create_pipeline(config).components}
+  input_config = json.loads(components['CsvExampleGen'].exec_properties['input_config'])
+  assert [s['pattern'] for s in input_config['splits']] == ['span-{SPAN}/train/*', 'span-{SPAN}/eval/*']
+  assert components['PretrainTrainer'].inputs['base_model'].producer_component_id == 'LatestBlessedModelResolver'
+
+
+def test_without_spans_nothing_changes(tmp_path):
+  synthetic.write_csv(synthetic.generate(100), str(tmp_path / 'data'))
+  config = _config(tmp_path)
+  assert not config.spans and not config.warm_start
+  components = {c.id: c for c in create_pipeline(config).components}
+  assert 'base_model' not in components['PretrainTrainer'].inputs  # trained from scratch, as before
+  assert not create_pipeline(config).enable_cache
+
+
+def test_a_span_pool_is_split_by_hash(tmp_path):
+  synthetic.write_csv(synthetic.generate(100), str(tmp_path / 'data' / 'span-1'))
+  config = _config(tmp_path)
+  assert config.input_layout() == ('csv', None)
+  example_gen = next(c for c in create_pipeline(config).components if c.id == 'CsvExampleGen')
+  assert json.loads(example_gen.exec_properties['input_config'])['splits'][0]['pattern'] == 'span-{SPAN}/*'
+  assert 'hash_buckets' in example_gen.exec_properties['output_config']
+
+
+def _pushed_versions(config):
+  return sorted(os.listdir(config.serving_dir)) if os.path.isdir(config.serving_dir) else []
+
+
+def _keras(model_uri):
+  return tf_keras.models.load_model(models.trainer.keras_model_path(os.path.join(model_uri, 'Format-Serving')))
+
+
+@pytest.fixture(scope='module')
+def days(tmp_path_factory):
+  """Span 1 runs and is blessed; span 2's first run fails in the fine-tune stage (a killed run) and its
+  re-run finishes. The cache is on."""
+  root = tmp_path_factory.mktemp('spans')
+  world = synthetic.generate(2 * ROWS, seed=5)
+  simulate.write_contract(str(root / 'data'), synthetic.FEATURE_SPEC)
+  _write_span(root / 'data', 1, world.iloc[:ROWS])
+  config = _config(root, enable_cache=True)
+  first = tfx_runner.run_pipeline(config)
+  first_model = lineage.latest_artifacts(config, 'FinetuneTrainer', 'model', lineage.OUTPUT)[0].uri
+
+  _write_span(root / 'data', 2, world.iloc[ROWS:])
+  with pytest.MonkeyPatch.context() as patch:
+    def killed(*args):
+      raise RuntimeError('fine-tune killed')
+    # Only the fine-tune stage calls it. (Trainer reloads models.trainer, so run_fn itself cannot be patched.)
+    patch.setattr(model_lib, 'load_backbone_weights', killed)
+    with pytest.raises(RuntimeError, match='fine-tune killed'):
+      tfx_runner.run_pipeline(config)
+  failed = lineage.latest_run_states(config)
+  second = tfx_runner.run_pipeline(config)
+  return {'root': root, 'config': config, 'first': first, 'first_model': first_model, 'failed': failed,
+          'second': second, 'rerun': lineage.latest_run_states(config)}
+
+
+@pytest.mark.e2e
+def test_first_span_is_blessed_and_pushed(days):
+  assert days['first']['blessed'] and days['first']['pushed_model']
+  assert len(_pushed_versions(days['config'])) >= 1
+
+
+@pytest.mark.e2e
+def test_second_span_warm_starts_from_the_first_blessed_model(days):
+  config = days['config']
+  assert lineage.warm_start_source(config) == days['first_model']  # PretrainTrainer's base_model
+  warm = _keras(lineage.latest_artifacts(config, 'PretrainTrainer', 'model', lineage.OUTPUT)[0].uri)
+  blessed = _keras(days['first_model'])
+  # Users on neither day's training rows keep the blessed model's embedding rows bit for bit; a backbone
+  # trained from scratch would have fresh random rows there.
+  rows = warm.get_layer(USER_EMBEDDING).get_weights()[0], blessed.get_layer(USER_EMBEDDING).get_weights()[0]
+  assert np.all(rows[0] == rows[1], axis=1).mean() > 0.9
+  kernels = warm.get_layer('dense_0').kernel.numpy(), blessed.get_layer('dense_0').kernel.numpy()
+  assert np.corrcoef(kernels[0].ravel(), kernels[1].ravel())[0, 1] > 0.5  # continued, not restarted
+
+
+@pytest.mark.e2e
+def test_rerun_after_a_killed_run_reuses_cached_components(days):
+  complete, cached = metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED
+  # The failed run computed everything up to the fine-tune stage for span 2; only the schema import, which
+  # has no inputs and an unchanged schema file, came from span 1's run.
+  expected = {**dict.fromkeys(UNTIL_PRETRAIN, complete), 'ImportSchemaGen': cached}
+  assert {node: days['failed'][node] for node in UNTIL_PRETRAIN} == expected
+  assert days['failed']['FinetuneTrainer'] == metadata_store_pb2.Execution.FAILED
+  assert {node: days['rerun'][node] for node in UNTIL_PRETRAIN} == dict.fromkeys(UNTIL_PRETRAIN, cached)
+  assert days['rerun']['FinetuneTrainer'] == complete and days['rerun']['Evaluator'] == complete
+
+
+@pytest.mark.e2e
+def test_corrupted_span_is_stopped_and_production_stays(days):
+  config = days['config']
+  versions = _pushed_versions(config)
+  production = lineage.latest_artifacts(config, 'Evaluator', 'baseline_model')
+  _write_span(days['root'] / 'data', 3, synthetic.generate(ROWS, seed=6).drop(columns=['price']))
+  with pytest.raises(DataValidationError, match='price'):
+    tfx_runner.run_pipeline(config)
+  ran = lineage.latest_run_states(config)
+  assert 'AnomaliesGate' in ran and not {'Transform', 'PretrainTrainer', 'Pusher'} & set(ran)
+  assert _pushed_versions(config) == versions
+  assert lineage.latest_artifacts(config, 'Evaluator', 'baseline_model') == production
