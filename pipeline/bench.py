@@ -390,15 +390,18 @@ def _grouped_bars(path: str, groups: Sequence[str], series: Dict[str, tuple], yl
 
   positions = np.arange(len(groups))
   width = 0.8 / len(series)
-  fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * len(series)), 4))
+  fig, ax = plt.subplots(figsize=(max(6.5, 1.1 * len(groups) * len(series)), 4))
+  ends = []  # bar tops and error bar ends, to zoom the y axis onto the differences
   for index, (label, (means, stds)) in enumerate(series.items()):
-    errors = None if all(s is None for s in stds) else [0.0 if s is None else s for s in stds]
-    ax.bar(positions + (index - (len(series) - 1) / 2) * width, means, width, yerr=errors, capsize=3, label=label)
-  low = min(m for means, _ in series.values() for m in means if not math.isnan(m))
-  ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    errors = [0.0 if s is None else s for s in stds]
+    ends += [m + sign * e for m, e in zip(means, errors) for sign in (-1, 1) if not math.isnan(m)]
+    ax.bar(positions + (index - (len(series) - 1) / 2) * width, means, width,
+           yerr=None if all(s is None for s in stds) else errors, capsize=3, label=label)
+  margin = max(0.01, 0.5 * (max(ends) - min(ends)))
+  ax.set_ylim(max(0.0, min(ends) - margin), min(1.0, max(ends) + margin))
   ax.set_xticks(positions, groups, fontsize=8)
   ax.set_ylabel(ylabel)
-  ax.set_title(title)
+  ax.set_title(title, fontsize=10)
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
