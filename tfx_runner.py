@@ -10,6 +10,7 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # Keras 2 for TFX, TFT, TFMA 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -42,6 +43,22 @@ BEAM_RUNNER_HELP = ('Beam runner for the Beam components, with its arguments (pi
                     '--beam-arg values follow them. Default: --beam-arg values alone, else direct')
 
 
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+  """The training-length and model-size options every pipeline-running command shares."""
+  from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+  defaults = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
+  parser.add_argument('--pretrain-steps', type=_positive(int), default=None,
+                      help=f'backbone training steps (default {defaults["pretrain_steps"]})')
+  parser.add_argument('--finetune-steps', type=_positive(int), default=None,
+                      help=f'MLoRA fine-tune steps (default {defaults["finetune_steps"]})')
+  parser.add_argument('--eval-steps', type=_positive(int), default=None,
+                      help=f'validation steps per epoch (default {defaults["eval_steps"]})')
+  parser.add_argument('--batch-size', type=_positive(int), default=None,
+                      help=f'training batch size (default {defaults["batch_size"]})')
+  parser.add_argument('--hidden-units', type=_hidden_units, default=None,
+                      help=f'backbone MLP sizes (default {"-".join(map(str, defaults["hidden_units"]))})')
+
+
 def build_parser() -> argparse.ArgumentParser:
   from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
   from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
@@ -63,15 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--rows', type=_positive(int), default=None,
                    help='rows of synthetic data to generate (default 200000); ignored with --data-path')
   run.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
-  run.add_argument('--pretrain-steps', type=_positive(int), default=None, help='backbone training steps (default 1600)')
-  run.add_argument('--finetune-steps', type=_positive(int), default=None, help='MLoRA fine-tune steps (default 300)')
-  run.add_argument('--eval-steps', type=_positive(int), default=None, help='validation steps per epoch (default 50)')
-  run.add_argument('--batch-size', type=_positive(int), default=None, help='training batch size (default 1024)')
+  _add_training_options(run)
   run.add_argument('--alpha', type=_positive(int), default=None,
                    help='MLoRA rank divisor: each layer gets rank max(d_out // alpha, 1) (default 8)')
   run.add_argument('--backbone', choices=sorted(BACKBONES), default=None,
                    help='CTR backbone both Trainers build; MLoRA adapts its dense layers (default mlp)')
-  run.add_argument('--hidden-units', type=_hidden_units, default=None, help='backbone MLP sizes (default 256-128-64)')
   run.add_argument('--min-domain-auc', type=float, default=None,
                    help='promotion gate: lowest AUC allowed on any domain (default 0.55)')
   run.add_argument('--max-auc-drop', type=float, default=None,
@@ -124,11 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
   simulate.add_argument('--new-domain-day', type=_positive(int), default=4,
                         help='day the new domain mini_program appears (default 4)')
   simulate.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
-  simulate.add_argument('--pretrain-steps', type=_positive(int), default=None, help='backbone training steps')
-  simulate.add_argument('--finetune-steps', type=_positive(int), default=None, help='MLoRA fine-tune steps')
-  simulate.add_argument('--eval-steps', type=_positive(int), default=None, help='validation steps per epoch')
-  simulate.add_argument('--batch-size', type=_positive(int), default=None, help='training batch size')
-  simulate.add_argument('--hidden-units', type=_hidden_units, default=None, help='backbone MLP sizes, like 256-128-64')
+  _add_training_options(simulate)
   simulate.add_argument('--min-domain-auc', type=float, default=None, help='promotion gate: lowest AUC on any domain')
   simulate.add_argument('--max-auc-drop', type=float, default=None,
                         help='promotion gate: largest AUC/WAUC drop allowed against the production model')
@@ -171,11 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help='MovieLens 100K or 1M folder (default ../shared/datasets/ml-100k beside the repo)')
   bench.add_argument('--rows', type=_positive(int), default=None,
                      help='rows of the synthetic dataset (default 200000)')
-  bench.add_argument('--pretrain-steps', type=_positive(int), default=None, help='backbone training steps')
-  bench.add_argument('--finetune-steps', type=_positive(int), default=None, help='MLoRA fine-tune steps')
-  bench.add_argument('--eval-steps', type=_positive(int), default=None, help='validation steps per epoch')
-  bench.add_argument('--batch-size', type=_positive(int), default=None, help='training batch size')
-  bench.add_argument('--hidden-units', type=_hidden_units, default=None, help='backbone MLP sizes, like 256-128-64')
+  _add_training_options(bench)
 
   serve = commands.add_parser(
       'serve', help='serve the pushed model over gRPC with TF Serving\'s API (PredictionService, ModelService)',
