@@ -37,12 +37,11 @@ class EmbeddedFeatures:
   """
 
   def __init__(self, inputs, spec: FeatureSpec, vocab_sizes: Dict[str, int], embedding_dim: int):
-    self._categorical = [(DOMAIN_INDEX, spec.num_domains + 1)] + [
-        (transformed_name(c), vocab_sizes[c]) for c in spec.categorical]
-    self._multivalent = [(transformed_name(c), vocab_sizes[c]) for c in spec.multivalent]
+    # (input name, vocabulary size) of every categorical field, single- and multi-valued.
+    self._vocabularies = [(DOMAIN_INDEX, spec.num_domains + 1)] + [
+        (transformed_name(c), vocab_sizes[c]) for c in spec.categorical + list(spec.multivalent)]
     self._inputs = inputs
-    fields = [self._embed(name, size, embedding_dim, 'embedding') for name, size in self._categorical]
-    fields += [self._embed(name, size, embedding_dim, 'embedding') for name, size in self._multivalent]
+    fields = [self._embed(name, size, embedding_dim, 'embedding') for name, size in self._vocabularies]
     self.fields = tf_keras.layers.Concatenate(axis=1, name='fields')(fields)
     numeric = [tf_keras.layers.Reshape((1,))(inputs[transformed_name(c)]) for c in spec.numeric]
     self.numeric = tf_keras.layers.Concatenate(name='numeric')(numeric) if len(numeric) > 1 else (
@@ -58,7 +57,7 @@ class EmbeddedFeatures:
     return tf_keras.layers.Reshape((1, dim))(pooled)
 
   def first_order(self):
-    weights = [self._embed(name, size, 1, 'linear') for name, size in self._categorical + self._multivalent]
+    weights = [self._embed(name, size, 1, 'linear') for name, size in self._vocabularies]
     return tf_keras.layers.Flatten()(tf_keras.layers.Add(name='first_order')(weights))
 
 
