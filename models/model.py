@@ -1,15 +1,15 @@
 """Builds the CTR model on transformed features, and hands the backbone from pretraining to fine-tuning."""
 import os
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from models.adaptation import ADAPTATIONS  # noqa: E402
 from models.backbones import BACKBONES  # noqa: E402
 from models.features import DOMAIN_INDEX, FeatureSpec, transformed_name  # noqa: E402
-from models.layers.lora import DomainLoRADense, lora_rank  # noqa: E402
 
 PREDICTION = 'ctr'
 
@@ -62,34 +62,33 @@ class EmbeddedFeatures:
 
 
 def build_model(spec: FeatureSpec, vocab_sizes: Dict[str, int], hidden_units: Sequence[int] = (256, 128, 64),
-                embedding_dim: int = 16, adapters: bool = False, alpha: int = 8,
-                backbone: str = 'mlp') -> tf_keras.Model:
-  """The click model: features -> backbone -> click probability.
+                embedding_dim: int = 16, backbone: str = 'mlp', adaptation: str = 'none',
+                freeze_backbone: bool = False, options: Optional[dict] = None) -> tf_keras.Model:
+  """The click model: features -> backbone (built through a domain adaptation) -> click probability.
 
-  With `adapters=False` it is the plain backbone trained in the first stage. With `adapters=True` every
-  dense layer carries one MLoRA adapter per domain and its shared weights are frozen (the second stage).
+  The first stage trains `adaptation='none'` (one shared model, the domain an embedded feature) or a
+  method trained end to end; the second stage builds the same backbone with `adaptation='mlora'` (or
+  another method) and `freeze_backbone=True`: every backbone dense weight is frozen, the method's own
+  weights and the embeddings train. `options` holds method settings (MLoRA's `alpha`, ...).
   """
   if backbone not in BACKBONES:
     raise ValueError(f'Unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}.')
+  if adaptation not in ADAPTATIONS:
+    raise ValueError(f'Unknown domain adaptation {adaptation!r}; choose one of {sorted(ADAPTATIONS)}.')
   inputs = model_inputs(spec)
-  domain_index = inputs[DOMAIN_INDEX]
-  num_domains = spec.num_domains if adapters else 0
-
-  def dense(units, activation, name):
-    layer = DomainLoRADense(units, num_domains=num_domains, rank=lora_rank(units, alpha), activation=activation,
-                            freeze_base=adapters, name=name)
-    return lambda x: layer([x, domain_index])
-
-  logit = BACKBONES[backbone](EmbeddedFeatures(inputs, spec, vocab_sizes, embedding_dim), hidden_units, dense)
+  adapt = ADAPTATIONS[adaptation](spec, inputs[DOMAIN_INDEX], freeze_base=freeze_backbone, options=options)
+  features = adapt.features(EmbeddedFeatures(inputs, spec, vocab_sizes, embedding_dim))
+  logit = adapt.logit(BACKBONES[backbone](features, hidden_units, adapt), features)
   probability = tf_keras.layers.Activation('sigmoid', name=PREDICTION)(logit)
-  return tf_keras.Model(inputs=inputs, outputs=probability, name=f'{backbone}_mlora' if adapters else backbone)
+  name = backbone if adaptation == 'none' else f'{backbone}_{adaptation}'
+  return tf_keras.Model(inputs=inputs, outputs=probability, name=name)
 
 
 def load_backbone_weights(model: tf_keras.Model, pretrained: tf_keras.Model) -> None:
   """Copies every pretrained weight into the layer of the same name in `model`.
 
-  The adapters have no counterpart in the backbone and keep their initial values (B = 0), so right
-  after this call `model` computes exactly what `pretrained` does.
+  The adaptation's weights have no counterpart in the backbone and keep their initial values (MLoRA's
+  B = 0, ...), so right after this call `model` computes exactly what `pretrained` does.
   """
   for source in pretrained.layers:
     if not source.weights:
@@ -100,8 +99,9 @@ def load_backbone_weights(model: tf_keras.Model, pretrained: tf_keras.Model) -> 
       target_weights[_short_name(weight)].assign(weight)
 
 
-def adapter_weights(model: tf_keras.Model):
-  return [w for layer in model.layers if isinstance(layer, DomainLoRADense) for w in layer.adapter_weights]
+def adaptation_weights(model: tf_keras.Model):
+  """The weights a domain-adaptation method added to the backbone (MLoRA's A and B, ...)."""
+  return [w for layer in model.layers for w in getattr(layer, 'adaptation_weights', [])]
 
 
 def _short_name(weight) -> str:

@@ -175,7 +175,7 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
       'examples_per_second': sum(steady_rates) / len(steady_rates),
       'parameters': model.count_params(),
       'trainable_parameters': int(sum(w.shape.num_elements() for w in model.trainable_weights)),
-      'adapter_parameters_per_domain': int(sum(w.shape.num_elements() for w in model_lib.adapter_weights(model))
+      'adapter_parameters_per_domain': int(sum(w.shape.num_elements() for w in model_lib.adaptation_weights(model))
                                            / max(spec.num_domains, 1)),
   }
   _LOG.info('training throughput: %.0f examples/s (mean of epochs after the first)', stats['examples_per_second'])
@@ -198,12 +198,18 @@ def _setup(fn_args):
   return config, spec, tf_transform_output
 
 
+def _build(config, spec, tf_transform_output, freeze_backbone: bool):
+  return model_lib.build_model(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'],
+                               config['embedding_dim'], backbone=config['backbone'],
+                               adaptation=config['adaptation'], freeze_backbone=freeze_backbone,
+                               options=config['adaptation_options'])
+
+
 def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
-  """Stage 1: the shared backbone, trained on every domain together; with a `base_model` (the production
+  """Stage 1: the shared backbone (or a method trained end to end), on every domain together; with a `base_model` (the production
   model, for continual runs) it starts from that model's backbone (`models.warm_start`)."""
   config, spec, tf_transform_output = _setup(fn_args)
-  model = model_lib.build_model(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'],
-                                config['embedding_dim'], backbone=config['backbone'])
+  model = _build(config, spec, tf_transform_output, freeze_backbone=False)
   if fn_args.base_model:
     base = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
     warm_start.warm_start(model, base, spec, tf_transform_output, fn_args.base_model)
@@ -211,13 +217,13 @@ def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
 
 
 def finetune_run_fn(fn_args: tfx.components.FnArgs) -> None:
-  """Stage 2: the pretrained backbone frozen, one MLoRA adapter per domain on every dense layer."""
+  """Stage 2: the pretrained backbone frozen, its dense layers built through the domain adaptation (one
+  MLoRA adapter per domain on every dense layer by default); the adaptation's weights and the embeddings
+  train."""
   config, spec, tf_transform_output = _setup(fn_args)
   if not fn_args.base_model:
     raise ValueError('The fine-tune Trainer needs base_model: wire it to the pretrain Trainer\'s model.')
   pretrained = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
-  model = model_lib.build_model(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'],
-                                config['embedding_dim'], adapters=True, alpha=config['alpha'],
-                                backbone=config['backbone'])
+  model = _build(config, spec, tf_transform_output, freeze_backbone=True)
   model_lib.load_backbone_weights(model, pretrained)
   _train_and_export(fn_args, model, spec, tf_transform_output, config)

@@ -59,6 +59,10 @@ class PipelineConfig:
   model_name: str = 'ctr'
   # Model and training.
   backbone: str = 'mlp'
+  # Domain adaptation (models/adaptation): `adaptation` is the fine-tune stage's method on the frozen
+  # backbone; `pretrain_adaptation` the first stage's ('none': one shared model, the domain a feature).
+  adaptation: str = 'mlora'
+  pretrain_adaptation: str = 'none'
   hidden_units: Tuple[int, ...] = (256, 128, 64)
   embedding_dim: int = 16
   alpha: int = 8
@@ -119,7 +123,8 @@ class PipelineConfig:
         'backbone': self.backbone,
         'hidden_units': list(self.hidden_units),
         'embedding_dim': self.embedding_dim,
-        'alpha': self.alpha,
+        'adaptation': self.pretrain_adaptation if stage == 'pretrain' else self.adaptation,
+        'adaptation_options': {'alpha': self.alpha},
         'batch_size': self.batch_size,
         'learning_rate': self.pretrain_learning_rate if stage == 'pretrain' else self.finetune_learning_rate,
         'seed': self.seed,

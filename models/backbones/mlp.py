@@ -10,14 +10,20 @@ def flat_features(fields, numeric):
   return flat if numeric is None else tf_keras.layers.Concatenate(name='dnn_input')([flat, numeric])
 
 
-def dnn_logit(x, hidden_units: Sequence[int], dense):
-  """ReLU layers `hidden_units`, then a one-unit logit layer. Layer names are stable (`dense_0`, ...,
-  `logit`): the fine-tune stage finds the pretrained weights by them."""
+def dnn_hidden(x, hidden_units: Sequence[int], adapt, prefix: str = 'dense'):
+  """ReLU layers `hidden_units`, each followed by the adaptation's `hidden` hook. Layer names are stable
+  (`dense_0`, `dense_1`, ...): the fine-tune stage finds the pretrained weights by them."""
   for i, units in enumerate(hidden_units):
-    x = dense(units, 'relu', f'dense_{i}')(x)
-  return dense(1, None, 'logit')(x)
+    name = f'{prefix}_{i}'
+    x = adapt.hidden(adapt.dense(units, 'relu', name)(x), name)
+  return x
 
 
-def mlp_logit(features, hidden_units: Sequence[int], dense):
+def dnn_logit(x, hidden_units: Sequence[int], adapt):
+  """`dnn_hidden`, then a one-unit `logit` layer."""
+  return adapt.dense(1, None, 'logit')(dnn_hidden(x, hidden_units, adapt))
+
+
+def mlp_logit(features, hidden_units: Sequence[int], adapt):
   """The plain DNN over every embedding and numeric feature."""
-  return dnn_logit(flat_features(features.fields, features.numeric), hidden_units, dense)
+  return dnn_logit(flat_features(features.fields, features.numeric), hidden_units, adapt)

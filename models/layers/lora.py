@@ -72,7 +72,7 @@ class DomainLoRADense(tf_keras.layers.Layer):
     return self.activation(h)
 
   @property
-  def adapter_weights(self):
+  def adaptation_weights(self):
     return [self.lora_a, self.lora_b] if self.num_domains else []
 
   def get_config(self):

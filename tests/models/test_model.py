@@ -39,14 +39,15 @@ def _pretrained(backbone):
 
 
 def _finetune_model(pretrained, alpha=4):
-  model = model_lib.build_model(SPEC, VOCAB_SIZES, HIDDEN, embedding_dim=4, adapters=True, alpha=alpha,
+  model = model_lib.build_model(SPEC, VOCAB_SIZES, HIDDEN, embedding_dim=4, adaptation='mlora', freeze_backbone=True,
+                                options={'alpha': alpha},
                                 backbone=pretrained.name)
   model_lib.load_backbone_weights(model, pretrained)
   return model
 
 
 def test_backbone_has_no_adapters(backbone):
-  assert model_lib.adapter_weights(_pretrained(backbone)) == []
+  assert model_lib.adaptation_weights(_pretrained(backbone)) == []
 
 
 def test_every_dense_layer_gets_an_adapter_with_its_rank(backbone):
@@ -66,7 +67,7 @@ def test_finetune_model_starts_equal_to_pretrained(backbone):
 def test_only_adapters_and_embeddings_train(backbone):
   model = _finetune_model(_pretrained(backbone))
   embeddings = {w.name for l in model.layers if isinstance(l, tf_keras.layers.Embedding) for w in l.weights}
-  adapters = {w.name for w in model_lib.adapter_weights(model)}
+  adapters = {w.name for w in model_lib.adaptation_weights(model)}
   assert {w.name for w in model.trainable_weights} == embeddings | adapters
   frozen = {w.name for w in model.non_trainable_weights}
   assert {'dense_0/kernel:0', 'dense_0/bias:0', 'logit/kernel:0'} <= frozen
@@ -75,19 +76,19 @@ def test_only_adapters_and_embeddings_train(backbone):
 def test_finetune_step_keeps_dense_weights_bit_identical(backbone):
   model = _finetune_model(_pretrained(backbone))
   dense_before = {w.name: w.numpy() for w in model.non_trainable_weights}
-  adapters_before = {w.name: w.numpy() for w in model_lib.adapter_weights(model)}
+  adapters_before = {w.name: w.numpy() for w in model_lib.adaptation_weights(model)}
   model.compile(tf_keras.optimizers.Adam(0.01), 'binary_crossentropy')
   model.fit(_features(seed=5), np.random.default_rng(6).integers(0, 2, 64), epochs=3, verbose=0)
   for weight in model.non_trainable_weights:
     np.testing.assert_array_equal(weight.numpy(), dense_before[weight.name])
-  changed = [w.name for w in model_lib.adapter_weights(model) if not np.array_equal(w.numpy(), adapters_before[w.name])]
+  changed = [w.name for w in model_lib.adaptation_weights(model) if not np.array_equal(w.numpy(), adapters_before[w.name])]
   assert any('lora_b' in name for name in changed)
 
 
 def test_unknown_domain_is_scored_by_the_backbone_alone(backbone):
   pretrained = _pretrained(backbone)
   model = _finetune_model(pretrained)
-  for weight in model_lib.adapter_weights(model):
+  for weight in model_lib.adaptation_weights(model):
     weight.assign(tf.random.normal(weight.shape, seed=2))
   unknown = _features(n=8, seed=4, domains=[SPEC.num_domains] * 8)
   np.testing.assert_allclose(model(unknown).numpy(), pretrained(unknown).numpy(), rtol=1e-6)

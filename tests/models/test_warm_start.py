@@ -34,8 +34,8 @@ class _TransformOutput:
 def warm_started(request, tmp_path):
   """(production MLoRA model on OLD_SPEC, next span's backbone after warm_start)."""
   tf_keras.utils.set_random_seed(0)
-  base = model_lib.build_model(OLD_SPEC, _sizes(OLD_VOCABULARIES), (16, 8), embedding_dim=4, adapters=True,
-                               alpha=4, backbone=request.param)
+  base = model_lib.build_model(OLD_SPEC, _sizes(OLD_VOCABULARIES), (16, 8), embedding_dim=4, adaptation='mlora',
+                               freeze_backbone=True, options={'alpha': 4}, backbone=request.param)
   assets = tmp_path / 'Format-Serving' / 'assets'
   assets.mkdir(parents=True)
   for column, tokens in OLD_VOCABULARIES.items():
@@ -63,7 +63,7 @@ def test_domain_rows_keep_known_domains_and_start_new_ones_as_unknown():
 
 def test_dense_weights_are_copied_and_adapters_left_behind(warm_started):
   base, model, _ = warm_started
-  assert model_lib.adapter_weights(model) == []
+  assert model_lib.adaptation_weights(model) == []
   for name in ('dense_0', 'dense_1', 'logit'):
     base_weights = {w.name: w.numpy() for w in base.get_layer(name).weights}
     for weight in model.get_layer(name).weights:

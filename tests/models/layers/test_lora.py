@@ -22,7 +22,7 @@ def _batch(n=32, seed=0):
 
 def _set_random_adapters(layer, seed=1):
   rng = np.random.default_rng(seed)
-  for weight in layer.adapter_weights:
+  for weight in layer.adaptation_weights:
     weight.assign(rng.normal(size=weight.shape))
 
 
@@ -77,7 +77,7 @@ def test_no_domains_is_a_plain_dense_layer():
   layer = DomainLoRADense(5, num_domains=0)
   layer.build([(None, D_IN), (None,)])
   assert [w.name.split('/')[-1] for w in layer.weights] == ['kernel:0', 'bias:0']
-  assert layer.adapter_weights == []
+  assert layer.adaptation_weights == []
 
 
 def test_freeze_base_leaves_only_adapters_trainable():

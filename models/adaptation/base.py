@@ -1,0 +1,50 @@
+"""The domain-adaptation interface every backbone is built through, and its neutral form.
+
+A backbone asks its `DomainAdaptation` for every dense layer (`dense`), passes each DNN hidden layer's
+output through `hidden`, and the model builder lets it rework the embedded features (`features`) and the
+final logit (`logit`). Backbones never know which method they carry: MLoRA, STAR, AdaSparse and PEPNet are
+subclasses that override some of these hooks.
+"""
+import os
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+from models.layers.lora import DomainLoRADense  # noqa: E402
+
+
+class DomainAdaptation:
+  """No domain-specific parameters: one shared model, the domain an ordinary embedded feature.
+
+  Args:
+    spec: The dataset's FeatureSpec (domains, user field, ...).
+    domain_index: The model's domain-index input, [batch] int64.
+    freeze_base: Makes every backbone dense weight non-trainable (the fine-tune stage); the adaptation's
+      own weights stay trainable.
+    options: Method settings (e.g. MLoRA's `alpha`); each method reads its own keys and ignores others.
+  """
+  name = 'none'
+
+  def __init__(self, spec, domain_index, freeze_base: bool = False, options: dict = None):
+    self.spec = spec
+    self.domain_index = domain_index
+    self.freeze_base = freeze_base
+    self.options = dict(options or {})
+
+  def features(self, features):
+    """The embedded features the backbone reads (an `EmbeddedFeatures`)."""
+    return features
+
+  def dense(self, units: int, activation, name: str):
+    """A dense layer of the backbone, as a function of its input [batch, d_in] -> [batch, units]. The
+    layer is named `name` and keeps the weight names `kernel` and `bias`, so a pretrained backbone loads
+    into it by name."""
+    layer = DomainLoRADense(units, activation=activation, freeze_base=self.freeze_base, name=name)
+    return lambda x: layer([x, self.domain_index])
+
+  def hidden(self, x, name: str):
+    """Applied to the output of each DNN hidden layer `name` (after its activation)."""
+    return x
+
+  def logit(self, logit, features):
+    """The model's final logit [batch, 1], given the backbone's."""
+    return logit
