@@ -60,6 +60,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from models.adaptation import ADAPTATIONS  # pylint: disable=g-import-not-at-top
   from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
   from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='tfx_runner.py', description=__doc__.splitlines()[0])
@@ -85,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help='MLoRA rank divisor: each layer gets rank max(d_out // alpha, 1) (default 8)')
   run.add_argument('--backbone', choices=sorted(BACKBONES), default=None,
                    help='CTR backbone both Trainers build; MLoRA adapts its dense layers (default mlp)')
+  run.add_argument('--adaptation', choices=sorted(ADAPTATIONS), default=None,
+                   help='domain adaptation the fine-tune Trainer adds to the frozen backbone (default mlora)')
+  run.add_argument('--pretrain-adaptation', choices=sorted(ADAPTATIONS), default=None,
+                   help='domain adaptation the pretrain Trainer trains end to end with the backbone (default none: '
+                        'one shared model with the domain as a feature)')
   run.add_argument('--min-domain-auc', type=float, default=None,
                    help='promotion gate: lowest AUC allowed on any domain (default 0.55)')
   run.add_argument('--max-auc-drop', type=float, default=None,
@@ -174,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                           '(default movielens:gender,movielens:age)')
   bench.add_argument('--backbones', type=lambda text: text.split(','), default=sorted(BACKBONES),
                      help=f'comma-separated backbones (default {",".join(sorted(BACKBONES))})')
+  bench.add_argument('--methods', type=lambda text: text.split(','), default=['base', 'mlora'],
+                     help='comma-separated methods (pipeline/bench.py METHODS): base, mlora, star, adasparse, pepnet '
+                          '(fine-tuned on the frozen backbone), star_e2e, adasparse_e2e, pepnet_e2e (trained end to '
+                          'end), no_domain, separate (baselines); one pipeline run per distinct stage pair '
+                          '(default base,mlora)')
   bench.add_argument('--seeds', type=lambda text: [int(s) for s in text.split(',')], default=[0, 1, 2],
                      help='comma-separated training seeds (default 0,1,2)')
   bench.add_argument('--movielens-path', default=os.path.join(REPO_ROOT, '..', 'shared', 'datasets', 'ml-100k'),
@@ -243,7 +254,7 @@ def run_bench(args) -> int:
   try:
     datasets = [bench.Dataset.parse(text, args.movielens_path, args.rows or synthetic.DEFAULT_ROWS)
                 for text in args.datasets]
-    cells = bench.build_grid(datasets, args.backbones, args.seeds)
+    cells = bench.build_grid(datasets, args.backbones, args.seeds, args.methods)
   except ValueError as error:
     raise SystemExit(f'bench: {error}') from error
   training = bench.Training(
@@ -361,6 +372,7 @@ def config_from_args(args):
   overrides = {
       'pretrain_steps': args.pretrain_steps, 'finetune_steps': args.finetune_steps, 'eval_steps': args.eval_steps,
       'batch_size': args.batch_size, 'alpha': args.alpha, 'backbone': args.backbone, 'hidden_units': args.hidden_units,
+      'adaptation': args.adaptation, 'pretrain_adaptation': args.pretrain_adaptation,
       'min_domain_auc': args.min_domain_auc, 'max_auc_drop': args.max_auc_drop,
       'beam_pipeline_args': beam_pipeline_args(args.beam_runner, args.beam_arg),
   }

@@ -1,15 +1,16 @@
 """The benchmark harness behind `tfx_runner.py bench`: a grid of dataset (with its domain split) x backbone x
 adaptation method x seed, run through the real pipeline and summarized as results.md, results.json and plots.
 
-One cell is one (dataset, backbone, seed): a `tfx_runner.py run` in a subprocess (its log in the cell's
-folder). Every adaptation method in METHODS is the model of one of that run's Trainers, so a single run
-yields them all. After the run, each method's SavedModel scores the dataset's test split in-process and
+One cell is one (dataset, backbone, pipeline run, seed): a `tfx_runner.py run` in a subprocess (its log in
+the cell's folder). Every adaptation method in METHODS is the model of one Trainer of a run: `base` and
+`+MLoRA` come from the default run (no adaptation, then MLoRA), the other methods from runs with other
+`--pretrain-adaptation` / `--adaptation`, one run per distinct pair. After the run, each method's SavedModel scores the dataset's test split in-process and
 models/metrics.py turns the scores into per-domain and overall metrics. Each finished cell appends one line
 to results.jsonl; a rerun on the same output folder with the same settings skips the cells found there.
 
 Layout of the output folder:
   data/<dataset>/                    prepared input, made once and reused (`data.prepare`)
-  cells/<dataset>/<backbone>/seed-<seed>/run.log, run/   the cell's pipeline log and output folder
+  cells/<dataset>/<backbone>[/<run>]/seed-<seed>/run.log, run/   the cell's pipeline log and output folder
   results.jsonl                      one line per finished cell
   results.md, results.json           the summary over seeds
   domain_auc_<dataset>_<backbone>.png, wauc_<dataset>.png
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -56,18 +57,42 @@ SCORING_BATCH = 4096
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """An adaptation method: the model of one Trainer of the pipeline, compared with `baseline` (a METHODS
-  key) in the paired t-test, or with nothing when it is the baseline itself."""
+  """An adaptation method: the model of one Trainer (`trainer`) of a pipeline run whose pretrain stage
+  trains `pretrain_adaptation` end to end and whose fine-tune stage adds `adaptation` to the frozen
+  backbone; compared with `baseline` (a METHODS key) in the paired t-test, or with nothing when it is the
+  baseline itself. Methods of the same run (`stages`) come from one pipeline run."""
   label: str
   trainer: str
   baseline: Optional[str] = None
+  pretrain_adaptation: str = 'none'
+  adaptation: str = 'mlora'
+
+  @property
+  def stages(self) -> Tuple[str, str]:
+    return self.pretrain_adaptation, self.adaptation
 
 
 BASELINE = 'base'
+PRETRAIN, FINETUNE = 'PretrainTrainer', 'FinetuneTrainer'
 METHODS: Dict[str, Method] = {
-    BASELINE: Method('base', trainer='PretrainTrainer'),
-    'mlora': Method('+MLoRA', trainer='FinetuneTrainer', baseline=BASELINE),
+    BASELINE: Method('base', trainer=PRETRAIN),
+    'mlora': Method('+MLoRA', trainer=FINETUNE, baseline=BASELINE),
+    # The alternatives, fine-tuned on the frozen pretrained backbone as MLoRA is ...
+    'star': Method('+STAR', trainer=FINETUNE, baseline=BASELINE, adaptation='star'),
+    'adasparse': Method('+AdaSparse', trainer=FINETUNE, baseline=BASELINE, adaptation='adasparse'),
+    'pepnet': Method('+PEPNet', trainer=FINETUNE, baseline=BASELINE, adaptation='pepnet'),
+    # ... and trained end to end with the backbone.
+    'star_e2e': Method('STAR end to end', trainer=PRETRAIN, baseline=BASELINE, pretrain_adaptation='star'),
+    'adasparse_e2e': Method('AdaSparse end to end', trainer=PRETRAIN, baseline=BASELINE,
+                            pretrain_adaptation='adasparse'),
+    'pepnet_e2e': Method('PEPNet end to end', trainer=PRETRAIN, baseline=BASELINE, pretrain_adaptation='pepnet'),
+    # Baselines beside `base` (one shared model with the domain as a feature).
+    'no_domain': Method('shared, no domain input', trainer=PRETRAIN, baseline=BASELINE,
+                        pretrain_adaptation='no_domain'),
+    'separate': Method('one model per domain', trainer=PRETRAIN, baseline=BASELINE, pretrain_adaptation='separate'),
 }
+DEFAULT_METHODS = (BASELINE, 'mlora')
+DEFAULT_STAGES = METHODS[BASELINE].stages
 SYNTHETIC = 'synthetic'
 
 
@@ -126,27 +151,46 @@ class Training:
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-  """One pipeline run of the grid."""
+  """One pipeline run of the grid: its `stages` (pretrain adaptation, fine-tune adaptation) and the
+  `methods` scored from it."""
   dataset: Dataset
   backbone: str
   seed: int
+  stages: Tuple[str, str] = DEFAULT_STAGES
+  methods: Tuple[str, ...] = DEFAULT_METHODS
+
+  @property
+  def run_name(self) -> Optional[str]:
+    """Names a run other than the default one (`star+mlora`: STAR end to end, then MLoRA); None for it."""
+    return None if self.stages == DEFAULT_STAGES else '+'.join(self.stages)
 
   @property
   def key(self) -> str:
     """Names the cell in progress lines and records."""
-    return f'{self.dataset.key} {self.backbone} seed={self.seed}'
+    run = f' {self.run_name}' if self.run_name else ''
+    return f'{self.dataset.key} {self.backbone}{run} seed={self.seed}'
 
   def folder(self, output_dir: str) -> str:
     """Holds the cell's pipeline log and output folder."""
-    return os.path.join(output_dir, 'cells', self.dataset.folder, self.backbone, f'seed-{self.seed}')
+    run = [self.run_name] if self.run_name else []
+    return os.path.join(output_dir, 'cells', self.dataset.folder, self.backbone, *run, f'seed-{self.seed}')
 
 
-def build_grid(datasets: Sequence[Dataset], backbones: Sequence[str], seeds: Sequence[int]) -> List[Cell]:
-  """Every (dataset, backbone, seed) in that nesting order; ValueError for an unknown backbone."""
+def build_grid(datasets: Sequence[Dataset], backbones: Sequence[str], seeds: Sequence[int],
+               methods: Sequence[str] = DEFAULT_METHODS) -> List[Cell]:
+  """Every (dataset, backbone, pipeline run, seed) in that nesting order, one pipeline run per distinct
+  `stages` of `methods`; ValueError for an unknown backbone or method."""
   unknown = [b for b in backbones if b not in BACKBONES]
   if unknown:
     raise ValueError(f'Unknown backbones {unknown}; expected some of {sorted(BACKBONES)}.')
-  return [Cell(*values) for values in itertools.product(datasets, backbones, seeds)]
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise ValueError(f'Unknown methods {unknown}; expected some of {list(METHODS)}.')
+  runs: Dict[Tuple[str, str], List[str]] = {}
+  for name in methods:
+    runs.setdefault(METHODS[name].stages, []).append(name)
+  return [Cell(dataset, backbone, seed, stages, tuple(names))
+          for dataset, backbone, (stages, names), seed in itertools.product(datasets, backbones, runs.items(), seeds)]
 
 
 # --- Data ----------------------------------------------------------------------------------------------
@@ -204,12 +248,12 @@ class CellFailed(RuntimeError):
   """The cell's pipeline run did not finish; the message points to its log."""
 
 
-def trained_models(run_dir: str, data_path: str) -> Dict[str, str]:
+def trained_models(run_dir: str, data_path: str, methods: Sequence[str]) -> Dict[str, str]:
   """{method: Model artifact URI} of the latest pipeline run in `run_dir`, read from its metadata store."""
   config = PipelineConfig(data_path=data_path, schema_path=os.path.join(data_path, SCHEMA_FILE),
                           output_dir=run_dir, feature_spec=FeatureSpec.load(data_path))
   by_node = latest_run_artifacts(config)
-  return {name: max(by_node[method.trainer]['Model'], key=lambda a: a.id).uri for name, method in METHODS.items()}
+  return {name: max(by_node[METHODS[name].trainer]['Model'], key=lambda a: a.id).uri for name in methods}
 
 
 def score_model(model_uri: str, test: TestSplit) -> dict:
@@ -233,7 +277,8 @@ def run_cell(cell: Cell, training: Training, output_dir: str) -> dict:
   shutil.rmtree(run_dir, ignore_errors=True)  # left by an interrupted attempt: start from an empty store
   os.makedirs(folder, exist_ok=True)
   command = [sys.executable, TFX_RUNNER, 'run', '--data-path', data_path, '--output-dir', run_dir,
-             '--backbone', cell.backbone, '--seed', str(cell.seed), *training.flags()]
+             '--backbone', cell.backbone, '--seed', str(cell.seed), '--pretrain-adaptation', cell.stages[0],
+             '--adaptation', cell.stages[1], *training.flags()]
   with open(log_path, 'w') as log:
     log.write(' '.join(command) + '\n')
     log.flush()
@@ -241,7 +286,7 @@ def run_cell(cell: Cell, training: Training, output_dir: str) -> dict:
   if status.returncode:
     raise CellFailed(f'pipeline exited with {status.returncode}, see {log_path}')
   test = load_test_split(data_path)
-  results = {name: score_model(uri, test) for name, uri in trained_models(run_dir, data_path).items()}
+  results = {name: score_model(uri, test) for name, uri in trained_models(run_dir, data_path, cell.methods).items()}
   return {**cell_identity(cell, training), 'wall_seconds': time.time() - start, 'methods': results}
 
 
@@ -250,7 +295,8 @@ def run_cell(cell: Cell, training: Training, output_dir: str) -> dict:
 def cell_identity(cell: Cell, training: Training) -> dict:
   """The fields that tell whether a record answers this cell: same cell, same data, same training."""
   return {'cell': cell.key, 'dataset': cell.dataset.key, 'data': cell.dataset.folder, 'backbone': cell.backbone,
-          'seed': cell.seed, 'training': dataclasses.asdict(training)}
+          'seed': cell.seed, 'stages': list(cell.stages), 'methods_run': list(cell.methods),
+          'training': dataclasses.asdict(training)}
 
 
 def is_record_of(record: dict, cell: Cell, training: Training) -> bool:
@@ -303,7 +349,8 @@ DOMAIN_METRICS = ('auc', 'logloss', 'calibration')
 
 
 def _method_row(backbone: str, name: str, records: Sequence[dict]) -> dict:
-  """One backbone x method over the seeds of `records` (all of one dataset and backbone)."""
+  """One backbone x method over the seeds of `records` (all of one dataset and backbone) that have it."""
+  records = [r for r in records if name in r['methods']]
   results = [r['methods'][name] for r in records]
   domains = sorted(results[0]['domains'], key=lambda d: (-results[0]['domains'][d]['count'], d))
   return {
@@ -323,20 +370,34 @@ def _method_row(backbone: str, name: str, records: Sequence[dict]) -> dict:
   }
 
 
+def _merge_runs(records: Sequence[dict]) -> List[dict]:
+  """One record per (dataset, backbone, seed): the methods of its pipeline runs together, their wall
+  times added."""
+  merged: Dict[tuple, dict] = {}
+  for record in records:
+    key = record['dataset'], record['backbone'], record['seed']
+    if key not in merged:
+      merged[key] = {**record, 'methods': dict(record['methods'])}
+    else:
+      merged[key]['methods'].update(record['methods'])
+      merged[key]['wall_seconds'] += record['wall_seconds']
+  return list(merged.values())
+
+
 def summarize(records: Sequence[dict]) -> dict:
   """{'datasets': {dataset: {'domains', 'rows'}}, 'cells', 'cells_wall_seconds'} over the records of one
   grid: a row per backbone x method (in METHODS order) with mean and std over seeds, and the paired
   t-test p-value of each method's WAUC against its baseline's."""
   by_dataset: Dict[str, Dict[str, List[dict]]] = {}
-  for record in records:
+  for record in _merge_runs(records):
     by_dataset.setdefault(record['dataset'], {}).setdefault(record['backbone'], []).append(record)
   datasets = {}
   for dataset, by_backbone in by_dataset.items():
     rows = []
     for backbone, group in by_backbone.items():
       group = sorted(group, key=lambda r: r['seed'])
-      wauc_by_seed = {name: {r['seed']: r['methods'][name]['wauc'] for r in group}
-                      for name in METHODS if name in group[0]['methods']}
+      wauc_by_seed = {name: {r['seed']: r['methods'][name]['wauc'] for r in group if name in r['methods']}
+                      for name in METHODS if any(name in r['methods'] for r in group)}
       for name, method in METHODS.items():
         if name not in wauc_by_seed:
           continue

@@ -121,6 +121,31 @@ def test_run_grid_resumes_after_the_cells_in_the_jsonl(tmp_path, records, capsys
   assert started == [cells[5]]  # only the failed cell again
 
 
+def test_one_pipeline_run_per_stage_pair():
+  cells = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0], ['base', 'mlora', 'star', 'star_e2e', 'separate'])
+  assert [(c.stages, c.methods) for c in cells] == [
+      (('none', 'mlora'), ('base', 'mlora')), (('none', 'star'), ('star',)),
+      (('star', 'mlora'), ('star_e2e',)), (('separate', 'mlora'), ('separate',))]
+  assert [c.key for c in cells[:2]] == ['movielens:gender mlp seed=0', 'movielens:gender mlp none+star seed=0']
+  assert cells[1].folder('out') == os.path.join('out', 'cells', 'movielens-gender', 'mlp', 'none+star', 'seed-0')
+  with pytest.raises(ValueError, match='lora'):
+    bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0], ['lora'])
+
+
+def test_summary_merges_the_runs_of_a_seed(records):
+  star_cells = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0, 1, 2], ['star'])
+  star_records = [{**bench.cell_identity(cell, TRAINING), 'wall_seconds': 50.0,
+                   'methods': {'star': _method_result(w, {'F': w, 'M': w}, adapter_parameters=80)}}
+                  for cell, w in zip(star_cells, [0.71, 0.72, 0.74])]
+  summary = bench.summarize(records + star_records)
+  assert summary['cells'] == 6
+  rows = summary['datasets']['movielens:gender']['rows']
+  assert [row['label'] for row in rows] == ['base', '+MLoRA', '+STAR']
+  assert rows[2]['wauc_p_value'] == pytest.approx(bench.paired_p_value({0: 0.71, 1: 0.72, 2: 0.74},
+                                                                       dict(enumerate(BASE_WAUC))))
+  assert rows[2]['cell_wall_seconds'] == pytest.approx(101.0 + 50.0)
+
+
 def test_dataset_names():
   assert bench.Dataset.parse('movielens', 'ml', 100) == bench.Dataset('movielens', 'gender', os.path.abspath('ml'))
   assert bench.Dataset.parse('movielens:age', 'ml', 100).folder == 'movielens-age'
