@@ -29,6 +29,13 @@ def _hidden_units(text: str):
   return units
 
 
+def _task_thresholds(text: str):
+  try:
+    return {task: float(value) for task, value in (item.split('=') for item in text.split(','))}
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected TASK=AUC pairs joined by ",", like cvr=0.6,ctcvr=0.6; got {text!r}')
+
+
 def _positive(kind):
   def parse(text):
     value = kind(text)
@@ -62,6 +69,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
   from models.adaptation import ADAPTATIONS  # pylint: disable=g-import-not-at-top
   from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
+  from models.heads import HEADS  # pylint: disable=g-import-not-at-top
+  from models.multitask import BALANCINGS  # pylint: disable=g-import-not-at-top
   from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='tfx_runner.py', description=__doc__.splitlines()[0])
   commands = parser.add_subparsers(dest='command', required=True)
@@ -91,13 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--pretrain-adaptation', choices=sorted(ADAPTATIONS), default=None,
                    help='domain adaptation the pretrain Trainer trains end to end with the backbone (default none: '
                         'one shared model with the domain as a feature)')
+  run.add_argument('--head', choices=sorted(HEADS), default=None,
+                   help='multi-task head on its own MLP bottom, predicting click and conversion (ctr, cvr; ctcvr '
+                        'for esmm), served and gated per task (default: the single-task click model)')
+  run.add_argument('--balancing', choices=sorted(BALANCINGS), default=None,
+                   help='with --head: how the task losses are weighed (default fixed)')
+  run.add_argument('--pcgrad', action='store_true', default=None,
+                   help='with --head: project conflicting task gradients off each other (PCGrad)')
+  run.add_argument('--onboard-domains', type=lambda text: [d for d in text.split(',') if d], default=None,
+                   metavar='DOMAIN[,DOMAIN]',
+                   help='domains appended to features.json (and the schema) since the production model was trained: '
+                        'train only their MLoRA adapters on the production model of OUTPUT_DIR, leaving the '
+                        'backbone, the embeddings and every other adapter as they are (no pretraining)')
   run.add_argument('--min-domain-auc', type=float, default=None,
                    help='promotion gate: lowest AUC allowed on any domain (default 0.55)')
+  run.add_argument('--task-min-auc', type=_task_thresholds, default=None, metavar='TASK=AUC,...',
+                   help='with --head: the lowest AUC of each task output on any domain, like cvr=0.6,ctcvr=0.6 '
+                        '(default --min-domain-auc)')
   run.add_argument('--max-auc-drop', type=float, default=None,
                    help='promotion gate: largest AUC/WAUC drop allowed against the latest blessed model (default 0.01)')
   run.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
                    help='Beam pipeline argument, repeatable (default: in-memory DirectRunner)')
   run.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
+  run.add_argument('--transfer-source', metavar='PATH',
+                   help='CTNet continual transfer: the source model, a Model artifact of this project or the '
+                        '--output-dir of a source pipeline run (its latest blessed model, taken when the run '
+                        'starts); the pretrain stage trains beside its frozen copy, warm-started from production')
 
   compile_ = commands.add_parser(
       'compile', help='compile the pipeline for a scheduled orchestrator (Kubeflow Pipelines v2)',
@@ -148,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
   simulate.add_argument('--max-auc-drop', type=float, default=None,
                         help='promotion gate: largest AUC/WAUC drop allowed against the production model')
   simulate.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
-  simulate.set_defaults(schema=None, rows=None, alpha=None, backbone=None, beam_arg=None)  # as `run` leaves them
+  simulate.set_defaults(schema=None, rows=None, alpha=None, backbone=None, beam_arg=None,
+                        transfer_source=None, head=None, balancing=None, pcgrad=None,
+                        task_min_auc=None)  # as `run` leaves them
 
   prepare = commands.add_parser(
       'prepare', help='turn a public dataset into the pipeline\'s raw, domain-tagged input',
@@ -374,8 +404,14 @@ def config_from_args(args):
       'batch_size': args.batch_size, 'alpha': args.alpha, 'backbone': args.backbone, 'hidden_units': args.hidden_units,
       'adaptation': args.adaptation, 'pretrain_adaptation': args.pretrain_adaptation,
       'min_domain_auc': args.min_domain_auc, 'max_auc_drop': args.max_auc_drop,
+      'head': args.head, 'balancing': args.balancing, 'pcgrad': args.pcgrad, 'task_min_auc': args.task_min_auc,
       'beam_pipeline_args': beam_pipeline_args(args.beam_runner, args.beam_arg),
+      'transfer_source': os.path.abspath(args.transfer_source) if args.transfer_source else None,
+      'onboard_domains': tuple(args.onboard_domains) if args.onboard_domains else None,
   }
+  if args.onboard_domains and not os.path.isdir(os.path.join(output_dir, 'serving')):
+    raise SystemExit(f'--onboard-domains trains new adapters on the production model, and {output_dir} has none '
+                     'pushed yet: run the pipeline there once without --onboard-domains first.')
   return PipelineConfig(data_path=data_path, schema_path=os.path.abspath(schema_path), output_dir=output_dir,
                         feature_spec=spec, seed=args.seed,
                         **{k: v for k, v in overrides.items() if v is not None})

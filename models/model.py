@@ -1,6 +1,8 @@
 """Builds the CTR model on transformed features, and hands the backbone from pretraining to fine-tuning."""
+import copy
+import functools
 import os
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
@@ -9,6 +11,7 @@ import tf_keras  # noqa: E402
 
 from models.adaptation import ADAPTATIONS  # noqa: E402
 from models.backbones import BACKBONES  # noqa: E402
+from models.multitask import multitask_model  # noqa: E402
 from models.features import DOMAIN_INDEX, FeatureSpec, transformed_name  # noqa: E402
 
 PREDICTION = 'ctr'
@@ -33,26 +36,62 @@ class EmbeddedFeatures:
   `fields`: [batch, F, dim], one embedding per categorical field (the domain among them, multivalent
   fields mean-pooled over their non-padding values); `numeric`: [batch, n] z-scored numeric features, or
   None. `first_order()` adds the per-field scalar weights sum_i w_i, [batch, 1], for backbones with a
-  linear part.
+  linear part. `field(name)` is one field's embedding [batch, dim].
+
+  Layers are made on first use, so a domain adaptation's `features` hook can `rebuild` the front another
+  way (`embedding`: the table maker, `(size, dim, mask_zero, name) -> ids -> embedded`; `exclude`: input
+  names left out) before anything of this one is in the model.
   """
 
-  def __init__(self, inputs, spec: FeatureSpec, vocab_sizes: Dict[str, int], embedding_dim: int):
+  def __init__(self, inputs, spec: FeatureSpec, vocab_sizes: Dict[str, int], embedding_dim: int,
+               embedding=tf_keras.layers.Embedding, exclude: Sequence[str] = ()):
     # (input name, vocabulary size) of every categorical field, single- and multi-valued.
-    self._vocabularies = [(DOMAIN_INDEX, spec.num_domains + 1)] + [
+    self._vocabularies = [(name, size) for name, size in [(DOMAIN_INDEX, spec.num_domains + 1)] + [
         (transformed_name(c), vocab_sizes[c]) for c in spec.categorical + list(spec.multivalent)]
+        if name not in exclude]
     self._inputs = inputs
-    fields = [self._embed(name, size, embedding_dim, 'embedding') for name, size in self._vocabularies]
-    self.fields = tf_keras.layers.Concatenate(axis=1, name='fields')(fields)
-    numeric = [tf_keras.layers.Reshape((1,))(inputs[transformed_name(c)]) for c in spec.numeric]
-    self.numeric = tf_keras.layers.Concatenate(name='numeric')(numeric) if len(numeric) > 1 else (
+    self._spec = spec
+    self._vocab_sizes = vocab_sizes
+    self._dim = embedding_dim
+    self._embedding = embedding
+    self._exclude = tuple(exclude)
+
+  def rebuild(self, **changes) -> 'EmbeddedFeatures':
+    """The same front with other `embedding` or `exclude` arguments."""
+    arguments = {'embedding': self._embedding, 'exclude': self._exclude, **changes}
+    return EmbeddedFeatures(self._inputs, self._spec, self._vocab_sizes, self._dim, **arguments)
+
+  def with_fields(self, fields) -> 'EmbeddedFeatures':
+    """This front with `fields` replaced (e.g. rescaled); `field` still gives the embeddings as looked up."""
+    replaced = copy.copy(self)
+    replaced.fields = fields
+    return replaced
+
+  @functools.cached_property
+  def _field_embeddings(self):
+    return {name: self._embed(name, size, self._dim, 'embedding') for name, size in self._vocabularies}
+
+  @functools.cached_property
+  def fields(self):
+    return tf_keras.layers.Concatenate(axis=1, name='fields')(list(self._field_embeddings.values()))
+
+  @functools.cached_property
+  def numeric(self):
+    numeric = [tf_keras.layers.Reshape((1,))(self._inputs[transformed_name(c)]) for c in self._spec.numeric]
+    return tf_keras.layers.Concatenate(name='numeric')(numeric) if len(numeric) > 1 else (
         numeric[0] if numeric else None)
+
+  def field(self, name: str):
+    """The embedding [batch, dim] of the categorical field whose input is `name` (e.g. `DOMAIN_INDEX`)."""
+    return tf_keras.layers.Flatten()(self._field_embeddings[name])
 
   def _embed(self, name, size, dim, prefix):
     """[batch, 1, dim]: the field's embedding, averaged over values for a multivalent field (0 pads)."""
     ids = self._inputs[name]
-    if len(ids.shape) == 1:
-      return tf_keras.layers.Reshape((1, dim))(tf_keras.layers.Embedding(size, dim, name=f'{prefix}_{name}')(ids))
-    embedded = tf_keras.layers.Embedding(size, dim, mask_zero=True, name=f'{prefix}_{name}')(ids)
+    multivalent = len(ids.shape) > 1
+    embedded = self._embedding(size, dim, mask_zero=multivalent, name=f'{prefix}_{name}')(ids)
+    if not multivalent:
+      return tf_keras.layers.Reshape((1, dim))(embedded)
     pooled = tf_keras.layers.GlobalAveragePooling1D(name=f'pool_{prefix}_{name}')(embedded)
     return tf_keras.layers.Reshape((1, dim))(pooled)
 
@@ -63,24 +102,36 @@ class EmbeddedFeatures:
 
 def build_model(spec: FeatureSpec, vocab_sizes: Dict[str, int], hidden_units: Sequence[int] = (256, 128, 64),
                 embedding_dim: int = 16, backbone: str = 'mlp', adaptation: str = 'none',
-                freeze_backbone: bool = False, options: Optional[dict] = None) -> tf_keras.Model:
+                freeze_backbone: bool = False, options: Optional[dict] = None,
+                wrap_adaptation: Optional[Callable] = None, head: Optional[str] = None) -> tf_keras.Model:
   """The click model: features -> backbone (built through a domain adaptation) -> click probability.
 
   The first stage trains `adaptation='none'` (one shared model, the domain an embedded feature) or a
   method trained end to end; the second stage builds the same backbone with `adaptation='mlora'` (or
   another method) and `freeze_backbone=True`: every backbone dense weight is frozen, the method's own
   weights and the embeddings train. `options` holds method settings (MLoRA's `alpha`, ...).
+  `wrap_adaptation(inputs, adaptation)` returns the adaptation the backbone is built through instead
+  (`models.ctnet` adds its source tower's adapters to the hidden layers this way).
+  With `head` (models/heads: esmm, mmoe, ...) the model is a multi-task `models.multitask.MultiTaskModel`
+  with one probability per task (`ctr`, `cvr`, ...) on the head's own MLP bottom instead of a backbone;
+  `options` also holds the head's and the training step's settings (`balancing`, `pcgrad`, ...).
   """
+  if head and backbone != 'mlp':
+    raise ValueError(f'A multi-task head builds its own MLP bottom: backbone must be mlp, got {backbone!r}.')
   if backbone not in BACKBONES:
     raise ValueError(f'Unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}.')
   if adaptation not in ADAPTATIONS:
     raise ValueError(f'Unknown domain adaptation {adaptation!r}; choose one of {sorted(ADAPTATIONS)}.')
   inputs = model_inputs(spec)
   adapt = ADAPTATIONS[adaptation](spec, inputs[DOMAIN_INDEX], freeze_base=freeze_backbone, options=options)
+  if wrap_adaptation:
+    adapt = wrap_adaptation(inputs, adapt)
   features = adapt.features(EmbeddedFeatures(inputs, spec, vocab_sizes, embedding_dim))
+  name = (head or backbone) if adaptation == 'none' else f'{head or backbone}_{adaptation}'
+  if head:
+    return multitask_model(head, inputs, features, hidden_units, adapt, dict(options or {}), name)
   logit = adapt.logit(BACKBONES[backbone](features, hidden_units, adapt), features)
   probability = tf_keras.layers.Activation('sigmoid', name=PREDICTION)(logit)
-  name = backbone if adaptation == 'none' else f'{backbone}_{adaptation}'
   return tf_keras.Model(inputs=inputs, outputs=probability, name=name)
 
 

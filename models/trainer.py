@@ -6,10 +6,12 @@ the Transform graph inside, `serving_raw` on named raw feature tensors, `classif
 API, `transform_features` for the Evaluator) and keep the bare Keras model beside it in the same Model
 artifact, where the next stage loads it from.
 """
+import functools
 import json
 import logging
 import os
 import time
+from typing import Dict, Optional
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
@@ -19,9 +21,13 @@ import tf_keras  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
+from models import ctnet  # noqa: E402
+from models import heads  # noqa: E402
 from models import model as model_lib  # noqa: E402
+from models import onboarding  # noqa: E402
 from models import warm_start  # noqa: E402
 from models.features import FeatureSpec  # noqa: E402
+from models.multitask import MultiTaskModel  # noqa: E402
 from models.preprocessing import vocabulary_sizes  # noqa: E402
 from serving import signatures  # noqa: E402
 
@@ -60,21 +66,24 @@ class ThroughputLogger(tf_keras.callbacks.Callback):
 
 
 def input_fn(file_pattern, data_accessor, tf_transform_output, spec: FeatureSpec, batch_size: int, seed: int,
-             feature_names, max_in_memory_examples: int = MAX_IN_MEMORY_EXAMPLES):
-  """Shuffled batches of (model features, click label) from Transform's materialized examples, repeated.
+             feature_names, max_in_memory_examples: int = MAX_IN_MEMORY_EXAMPLES,
+             label_columns: Optional[Dict[str, str]] = None):
+  """Shuffled batches of (model features, click label) from Transform's materialized examples, repeated;
+  with `label_columns` ({name: label column}, a multi-task model's) the labels are a dict of those columns.
 
   Parsing gzipped tf.Examples costs about as much CPU as a training step of a small CTR model, so a split
   of up to `max_in_memory_examples` is parsed once, kept as tensors (a few dozen bytes an example), and
   served by gathering a fresh permutation each epoch. A larger split streams through TFXIO.
   """
-  def select(features, label):
-    return {k: features[k] for k in feature_names}, label
+  def select(features):
+    labels = {k: features[c] for k, c in label_columns.items()} if label_columns else features[spec.label]
+    return {k: features[k] for k in feature_names}, labels
 
   def stream(batch, num_epochs=None):
     return data_accessor.tf_dataset_factory(
         file_pattern,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch, label_key=spec.label, shuffle_seed=seed,
-                                       num_epochs=num_epochs, shuffle=num_epochs is None),
+        tfxio.TensorFlowDatasetOptions(batch_size=batch, shuffle_seed=seed, num_epochs=num_epochs,
+                                       shuffle=num_epochs is None),
         tf_transform_output.transformed_metadata.schema).map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
   batches = []
@@ -83,7 +92,7 @@ def input_fn(file_pattern, data_accessor, tf_transform_output, spec: FeatureSpec
     if len(batches) * IN_MEMORY_READ_BATCH > max_in_memory_examples:
       return stream(batch_size).prefetch(tf.data.AUTOTUNE)
   features, labels = tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *batches)
-  examples = int(labels.shape[0])
+  examples = int(tf.nest.flatten(labels)[0].shape[0])
   return (tf.data.Dataset.range(examples).shuffle(examples, seed=seed).repeat().batch(batch_size)
           .map(lambda rows: tf.nest.map_structure(lambda t: tf.gather(t, rows), (features, labels)))
           .prefetch(tf.data.AUTOTUNE))
@@ -159,14 +168,18 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
                       tf_transform_output, config: dict) -> None:
   batch_size, seed = config['batch_size'], config['seed']
   feature_names = list(model.input.keys())
+  multitask = isinstance(model, MultiTaskModel)
+  labels = heads.label_columns(spec) if multitask else None
   train = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
-                   feature_names)
+                   feature_names, label_columns=labels)
   evaluation = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
-                        feature_names)
-  model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']),
-                loss=tf_keras.losses.BinaryCrossentropy(), metrics=[tf_keras.metrics.AUC(name='auc')])
-  epochs = min(EPOCHS, fn_args.train_steps)
-  steps_per_epoch = fn_args.train_steps // epochs
+                        feature_names, label_columns=labels)
+  if multitask:  # the task losses, their balancing and per-task AUCs are the model's own train step
+    model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']))
+  else:
+    model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']),
+                  loss=tf_keras.losses.BinaryCrossentropy(), metrics=[tf_keras.metrics.AUC(name='auc')])
+  epochs, steps_per_epoch = epoch_plan(fn_args.train_steps)
   throughput = ThroughputLogger(batch_size, steps_per_epoch)
   model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=evaluation,
             validation_steps=fn_args.eval_steps, callbacks=[throughput], verbose=0)
@@ -189,41 +202,70 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
                       signatures=serving_signatures(model, tf_transform_output, spec))
 
 
+def epoch_plan(train_steps: int):
+  """(epochs, steps per epoch) of a Trainer run of `train_steps` steps."""
+  epochs = min(EPOCHS, train_steps)
+  return epochs, train_steps // epochs
+
+
 def _setup(fn_args):
   assert tf_keras.__version__.startswith('2.'), f'Keras 2 (tf_keras) required, got {tf_keras.__version__}'
   config = fn_args.custom_config
   tf_keras.utils.set_random_seed(config['seed'])
   spec = FeatureSpec.from_dict(config['feature_spec'])
+  if config.get('head'):  # DWA re-weighs the tasks once per epoch; PCGrad's task order follows the seed
+    options = {'dwa_period': epoch_plan(fn_args.train_steps)[1], 'seed': config['seed']}
+    config = {**config, 'head_options': {**config['head_options'], **options}}
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   return config, spec, tf_transform_output
 
 
-def _build(config, spec, tf_transform_output, freeze_backbone: bool):
-  return model_lib.build_model(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'],
-                               config['embedding_dim'], backbone=config['backbone'],
-                               adaptation=config['adaptation'], freeze_backbone=freeze_backbone,
-                               options=config['adaptation_options'])
+def _build(config, spec, tf_transform_output, freeze_backbone: bool, source_tower=None):
+  """The stage's model; with a `source_tower`, CTNet's: the same model beside it, adapters between them."""
+  build = (functools.partial(model_lib.build_model, head=config.get('head')) if source_tower is None else
+           functools.partial(ctnet.build_ctnet_model, tower=source_tower))
+  return build(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'], config['embedding_dim'],
+               backbone=config['backbone'], adaptation=config['adaptation'], freeze_backbone=freeze_backbone,
+               options={**config['adaptation_options'], **config.get('head_options', {})})
+
+
+def _source_tower(config, spec, tf_transform_output):
+  """CTNet's frozen source tower, from the source Model artifact the CTNet Trainer passes in `custom_config`
+  (components/ctnet_transfer.py); None for the plain Trainer."""
+  source = config.get(ctnet.SOURCE_MODEL_KEY)
+  return ctnet.load_source_tower(source, keras_model_path(source), spec, tf_transform_output) if source else None
 
 
 def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
   """Stage 1: the shared backbone (or a method trained end to end), on every domain together; with a `base_model` (the production
-  model, for continual runs) it starts from that model's backbone (`models.warm_start`)."""
+  model, for continual runs) it starts from that model's backbone (`models.warm_start`). Run by the CTNet
+  Trainer (a source model in `custom_config`), the backbone is CTNet's target tower beside the source model's
+  frozen tower (`models.ctnet`); the warm start leaves that tower as the newest source model has it."""
   config, spec, tf_transform_output = _setup(fn_args)
-  model = _build(config, spec, tf_transform_output, freeze_backbone=False)
+  model = _build(config, spec, tf_transform_output, freeze_backbone=False,
+                 source_tower=_source_tower(config, spec, tf_transform_output))
   if fn_args.base_model:
     base = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
-    warm_start.warm_start(model, base, spec, tf_transform_output, fn_args.base_model)
+    warm_start.warm_start(ctnet.without_source_tower(model), base, spec, tf_transform_output, fn_args.base_model)
   _train_and_export(fn_args, model, spec, tf_transform_output, config)
 
 
 def finetune_run_fn(fn_args: tfx.components.FnArgs) -> None:
   """Stage 2: the pretrained backbone frozen, its dense layers built through the domain adaptation (one
   MLoRA adapter per domain on every dense layer by default); the adaptation's weights and the embeddings
-  train."""
+  train. A CTNet model keeps its source tower and adapters, frozen. Onboarding new domains
+  (`onboard_domains`), `base_model` is the production model and only the new domains' adapters train."""
   config, spec, tf_transform_output = _setup(fn_args)
   if not fn_args.base_model:
     raise ValueError('The fine-tune Trainer needs base_model: wire it to the pretrain Trainer\'s model.')
   pretrained = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
-  model = _build(config, spec, tf_transform_output, freeze_backbone=True)
-  model_lib.load_backbone_weights(model, pretrained)
+  if config.get('onboard_domains'):  # base_model is the production model
+    model = onboarding.onboarding_model(
+        spec, vocabulary_sizes(spec, tf_transform_output), config['onboard_domains'], pretrained,
+        tf_transform_output, fn_args.base_model, config['hidden_units'], config['embedding_dim'],
+        config['backbone'], config['adaptation_options'])
+  else:
+    model = _build(config, spec, tf_transform_output, freeze_backbone=True,
+                   source_tower=ctnet.find_source_tower(pretrained))
+    model_lib.load_backbone_weights(model, ctnet.without_source_tower(pretrained))
   _train_and_export(fn_args, model, spec, tf_transform_output, config)

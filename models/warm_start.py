@@ -5,6 +5,10 @@ span's Transform vocabularies. Its shared weights go into the backbone built for
 
 - layers without an embedding table (dense, FM, ...): every weight of the same layer and name and shape;
   the adapters have no counterpart in a backbone and stay behind;
+- per-domain weights (a layer's `adaptation_weights`: MLoRA's A and B, ...; a backbone's `domain_*`
+  weights: STAR's) when the model has them too:
+  they grow along their domain axis as domains are appended, so the old domains' slices are copied and
+  a new domain's slice keeps its initial value (MLoRA's B = 0: no adapter yet);
 - vocabulary embeddings: row by row through the token each row stands for, since vocabularies are ordered
   by frequency and change between spans (the old vocabulary is the `assets/<column>` file of the old
   SavedModel); tokens new in this span keep their fresh rows; the OOV rows map onto the old OOV rows;
@@ -27,6 +31,7 @@ from models.preprocessing import OOV_BUCKETS
 
 _LOG = logging.getLogger(__name__)
 EMBEDDING_PREFIXES = ('embedding', 'linear')  # models.model.EmbeddedFeatures' table names: f'{prefix}_{feature}'
+PER_DOMAIN_PREFIX = 'domain_'  # a backbone's per-domain weights (STAR's domain_kernel, domain_gamma, ...)
 
 
 def read_vocabulary(path: str) -> List[bytes]:
@@ -76,24 +81,34 @@ def _short_name(weight) -> str:
   return weight.name.split('/')[-1].split(':')[0]
 
 
-def _value_from(old: Optional[np.ndarray], weight, embedding: bool, rows: Optional[np.ndarray]) -> Optional[np.ndarray]:
+def _value_from(old: Optional[np.ndarray], weight, embedding: bool, rows: Optional[np.ndarray],
+                per_domain: bool = False) -> Optional[np.ndarray]:
   """`weight`'s new value from its old counterpart: an embedding table through `rows` (`embedding_rows`),
-  keeping the fresh rows marked -1; any other weight as it is; None when they do not correspond."""
+  keeping the fresh rows marked -1; a per-domain weight grown along one axis with the old values first;
+  any other weight as it is; None when they do not correspond."""
   current = weight.numpy()
   if old is None:
     return None
   if not embedding:
-    return old if old.shape == current.shape else None
+    if old.shape == current.shape:
+      return old
+    grown = [axis for axis, (o, c) in enumerate(zip(old.shape, current.shape)) if o != c]
+    if not per_domain or old.ndim != current.ndim or len(grown) != 1 or old.shape[grown[0]] > current.shape[grown[0]]:
+      return None
+    value = current.copy()
+    value[tuple(slice(0, n) for n in old.shape)] = old
+    return value
   if rows is None or len(rows) != current.shape[0] or old.shape[1:] != current.shape[1:]:
     return None
   return np.where((rows >= 0)[:, None], old[np.maximum(rows, 0)], current)
 
 
 def warm_start(model, base, spec: FeatureSpec, tf_transform_output, base_serving_dir: str) -> None:
-  """Copies `base`'s backbone weights into the freshly built backbone `model` (see the module docstring).
+  """Copies `base`'s weights into the freshly built `model` (see the module docstring).
 
   Args:
-    model: The backbone built for this span's Transform output.
+    model: The model built for this span's Transform output: a backbone, or (onboarding a domain) the
+      MLoRA model with one more domain.
     base: The production model's Keras model (with or without adapters).
     spec: This span's feature contract.
     tf_transform_output: This span's Transform output (its vocabularies).
@@ -110,11 +125,13 @@ def warm_start(model, base, spec: FeatureSpec, tf_transform_output, base_serving
     source = base_layers.get(layer.name)
     old_weights = {_short_name(w): w.numpy() for w in source.weights} if source else {}
     feature = _embedding_feature(layer.name)
+    per_domain = {id(w) for w in getattr(layer, 'adaptation_weights', [])} | {
+        id(w) for w in layer.weights if _short_name(w).startswith(PER_DOMAIN_PREFIX)}
     for weight in layer.weights:
       old = old_weights.get(_short_name(weight))
       rows = None if feature is None or old is None else embedding_rows(
           feature, spec, old_vocabularies, new_vocabularies, old.shape[0], weight.shape[0])
-      value = _value_from(old, weight, feature is not None, rows)
+      value = _value_from(old, weight, feature is not None, rows, per_domain=id(weight) in per_domain)
       if value is None:
         kept.append(weight.name)
       else:

@@ -73,14 +73,34 @@ class PipelineConfig:
   pretrain_learning_rate: float = 1e-3
   finetune_learning_rate: float = 3e-3  # adapters start at B = 0 and have few weights: a larger step
   seed: int = 0
+  # Multi-task (models/heads, models/multitask.py): with `head` (shared_bottom, esmm, mmoe, ple) both stages
+  # predict click and conversion tasks (`ctr`, `cvr`, and `ctcvr` for ESMM) on the head's MLP bottom instead
+  # of the single click model (None); `balancing` (fixed, uncertainty, dwa) weighs the task losses and
+  # `pcgrad` projects conflicting task gradients; `head_options` holds head settings (gate_dropout,
+  # ple_levels, num_experts, tower_units, task_weights, ...).
+  head: Optional[str] = None
+  balancing: str = 'fixed'
+  pcgrad: bool = False
+  head_options: Dict[str, object] = dataclasses.field(default_factory=dict)
   # Promotion gate: every domain's AUC must reach `min_domain_auc`, and no domain's AUC, nor the overall
-  # AUC or WAUC, may fall more than `max_auc_drop` below the latest blessed model's.
+  # AUC or WAUC, may fall more than `max_auc_drop` below the latest blessed model's. A multi-task model is
+  # gated on every task output, task t's AUC against `task_min_auc[t]` (default `min_domain_auc`).
   min_domain_auc: float = 0.55
   max_auc_drop: float = 0.01
+  task_min_auc: Dict[str, float] = dataclasses.field(default_factory=dict)
   beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: list(LOCAL_BEAM_ARGS))
   # Continual runs.
   spans: Optional[bool] = None  # None: whether data_path holds span folders
-  warm_start: Optional[bool] = None  # None: as `spans`
+  warm_start: Optional[bool] = None  # None: as `spans`, or True with `transfer_source`
+  # CTNet continual transfer (models/ctnet.py): the source model, as a Model artifact directory or the output
+  # folder of a source pipeline run of this project (its latest blessed model, resolved when each run starts).
+  # The pretrain stage becomes CTNet's target tower beside that model's frozen tower, warm-started from the
+  # production model.
+  transfer_source: Optional[str] = None
+  # Onboarding: domains appended to the feature spec since the production model (the latest blessed one)
+  # was trained. The run trains their MLoRA adapters alone on that model, skipping the pretrain stage;
+  # every other weight stays as in production (models/onboarding.py).
+  onboard_domains: Tuple[str, ...] = ()
   data_format: Optional[str] = None  # 'csv' or 'tfrecord'; None: from the files
   data_splits: Optional[Tuple[str, ...]] = None  # with data_format: the split folders, or None for a hash split
   # Reuse the outputs of components whose inputs and settings did not change (a re-run after a failure).
@@ -91,9 +111,17 @@ class PipelineConfig:
     if self.spans is None:
       self.spans = bool(span_numbers(self.data_path))
     if self.warm_start is None:
-      self.warm_start = self.spans
+      self.warm_start = self.spans or bool(self.transfer_source)
     if self.data_format not in (None, 'csv', 'tfrecord'):
       raise ValueError(f'data_format must be csv or tfrecord, got {self.data_format!r}.')
+    if not self.head and (self.balancing != 'fixed' or self.pcgrad or self.task_min_auc or self.head_options):
+      raise ValueError('balancing, pcgrad, task_min_auc and head_options apply to a multi-task model: set head.')
+    if self.onboard_domains and (self.adaptation != 'mlora' or self.head or self.transfer_source):
+      raise ValueError('onboard_domains trains new MLoRA adapters on the production model: it needs adaptation '
+                       '"mlora", without head or transfer_source.')
+    if self.head and self.transfer_source:  # CTNet's adapters join the backbone's dense_0, dense_1, ... layers
+      raise ValueError('transfer_source (CTNet) adapts the backbone\'s hidden layers, which a multi-task head '
+                       'replaces: set head or transfer_source, not both.')
 
   def input_layout(self) -> Tuple[str, Optional[List[str]]]:
     """(format, split folders or None for a hash split) of the input ExampleGen reads: as configured, or
@@ -128,6 +156,9 @@ class PipelineConfig:
         'batch_size': self.batch_size,
         'learning_rate': self.pretrain_learning_rate if stage == 'pretrain' else self.finetune_learning_rate,
         'seed': self.seed,
+        'onboard_domains': list(self.onboard_domains) if stage == 'finetune' else [],
+        **({'head': self.head, 'head_options': {**self.head_options, 'balancing': self.balancing,
+                                                'pcgrad': self.pcgrad}} if self.head else {}),
     }
 
 

@@ -1,5 +1,6 @@
 """The multi-domain CTR pipeline: validate, transform, pretrain the backbone, fine-tune MLoRA adapters,
 gate on per-domain AUC, push for TF Serving."""
+import functools
 import json
 from typing import List, Optional
 
@@ -8,6 +9,8 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from components.anomalies_gate import AnomaliesGate
+from components.ctnet_transfer import CTNetTrainer, SourceModelResolver
+from models import heads
 from pipeline.config import SPAN_FOLDER, PipelineConfig
 
 PREPROCESSING_FN = 'models.preprocessing.preprocessing_fn'
@@ -42,7 +45,9 @@ def evaluation_split(config: PipelineConfig) -> str:
 def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
   """AUC per domain slice and overall, WAUC, and (with `gate`) the thresholds that decide the blessing:
   every slice's AUC at least `min_domain_auc` and no worse than the latest blessed model by more than
-  `max_auc_drop`; the same change bound for WAUC."""
+  `max_auc_drop`; the same change bound for WAUC. A multi-task model (`config.head`) gets these metrics
+  for each task output (`ctr`, `cvr`, `ctcvr`), scored over all exposures against its label (click for
+  ctr, conversion for cvr and ctcvr), with the task's AUC bound `task_min_auc` (default `min_domain_auc`)."""
   domain = config.feature_spec.domain
 
   def threshold(min_value: Optional[float]):
@@ -54,19 +59,29 @@ def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
         change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
                                                      absolute={'value': -config.max_auc_drop}))
 
-  return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(signature_name='serving_default', label_key=config.feature_spec.label,
-                                  prediction_key=PREDICTION_KEY, model_type='tf_generic')],
-      slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[domain])],
-      metrics_specs=[tfma.MetricsSpec(metrics=[
-          tfma.MetricConfig(class_name='ExampleCount'),
-          tfma.MetricConfig(class_name='AUC', threshold=threshold(config.min_domain_auc)),
-          tfma.MetricConfig(class_name='BinaryCrossentropy'),
-          tfma.MetricConfig(class_name='MeanPrediction'),
-          tfma.MetricConfig(class_name='MeanLabel'),
-          tfma.MetricConfig(class_name='WeightedDomainAUC', module='components.wauc_metric',
-                            config=json.dumps({'domain_key': domain}), threshold=threshold(None)),
-      ])])
+  def metrics_spec(min_auc: float, output_names=()):
+    return tfma.MetricsSpec(output_names=list(output_names), metrics=[
+        tfma.MetricConfig(class_name='ExampleCount'),
+        tfma.MetricConfig(class_name='AUC', threshold=threshold(min_auc)),
+        tfma.MetricConfig(class_name='BinaryCrossentropy'),
+        tfma.MetricConfig(class_name='MeanPrediction'),
+        tfma.MetricConfig(class_name='MeanLabel'),
+        tfma.MetricConfig(class_name='WeightedDomainAUC', module='components.wauc_metric',
+                          config=json.dumps({'domain_key': domain}), threshold=threshold(None)),
+    ])
+
+  if config.head:
+    tasks, columns = heads.OUTPUTS[config.head], heads.label_columns(config.feature_spec)
+    model_spec = tfma.ModelSpec(signature_name='serving_default', model_type='tf_generic',
+                                label_keys={t: columns[heads.EVAL_LABELS[t]] for t in tasks},
+                                prediction_keys={t: t for t in tasks})
+    metrics_specs = [metrics_spec(config.task_min_auc.get(t, config.min_domain_auc), [t]) for t in tasks]
+  else:
+    model_spec = tfma.ModelSpec(signature_name='serving_default', label_key=config.feature_spec.label,
+                                prediction_key=PREDICTION_KEY, model_type='tf_generic')
+    metrics_specs = [metrics_spec(config.min_domain_auc)]
+  return tfma.EvalConfig(model_specs=[model_spec], metrics_specs=metrics_specs,
+                         slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[domain])])
 
 
 def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.dsl.Pipeline:
@@ -90,8 +105,10 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
       custom_config={'feature_spec': config.feature_spec.to_dict()})
   transform.add_upstream_node(gate)  # no feature engineering, hence no training, on data that failed validation
 
-  def trainer(stage: str, run_fn: str, steps: int, base_model=None):
-    return tfx.components.Trainer(
+  def trainer(stage: str, run_fn: str, steps: int, base_model=None, source_model=None):
+    make = tfx.components.Trainer if source_model is None else functools.partial(CTNetTrainer,
+                                                                                 source_model=source_model)
+    return make(
         run_fn=run_fn, examples=transform.outputs['transformed_examples'],
         transform_graph=transform.outputs['transform_graph'], schema=schema.outputs['schema'],
         base_model=base_model, train_args=tfx.proto.TrainArgs(num_steps=steps),
@@ -103,16 +120,21 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
       model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
       model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
   ).with_id('LatestBlessedModelResolver')
+  # CTNet (`transfer_source`): the source model is resolved when the run starts, and the pretrain stage builds
+  # CTNet's target tower beside it (the same run_fn, which the CTNet Trainer also hands the source model).
+  source = SourceModelResolver(source=config.transfer_source) if config.transfer_source else None
   pretrain = trainer('pretrain', PRETRAIN_RUN_FN, config.pretrain_steps,
-                     base_model=latest_blessed.outputs['model'] if config.warm_start else None
-                     ).with_id('PretrainTrainer')
-  finetune = trainer('finetune', FINETUNE_RUN_FN, config.finetune_steps,
-                     base_model=pretrain.outputs['model']).with_id('FinetuneTrainer')
+                     base_model=latest_blessed.outputs['model'] if config.warm_start else None,
+                     source_model=source.outputs['model'] if source else None).with_id('PretrainTrainer')
+  # Onboarding new domains trains their adapters alone on the production model: nothing is pretrained,
+  # and the production model is the "before" of the report.
+  before = latest_blessed.outputs['model'] if config.onboard_domains else pretrain.outputs['model']
+  finetune = trainer('finetune', FINETUNE_RUN_FN, config.finetune_steps, base_model=before).with_id('FinetuneTrainer')
 
   # The pretrained backbone is scored on the same split, without a gate, for the before/after report.
   split = evaluation_split(config)
   pretrain_evaluator = tfx.components.Evaluator(
-      examples=examples.outputs['examples'], model=pretrain.outputs['model'], example_splits=[split],
+      examples=examples.outputs['examples'], model=before, example_splits=[split],
       eval_config=eval_config(config, gate=False)).with_id('PretrainEvaluator')
   evaluator = tfx.components.Evaluator(
       examples=examples.outputs['examples'], model=finetune.outputs['model'], example_splits=[split],
@@ -122,8 +144,10 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)))
 
-  components: List = [examples, statistics, schema, validator, gate, transform, pretrain, finetune,
-                      pretrain_evaluator, latest_blessed, evaluator, pusher]
+  components: List = [examples, statistics, schema, validator, gate, transform, finetune, pretrain_evaluator,
+                      latest_blessed, evaluator, pusher] + ([source] if source else [])
+  if not config.onboard_domains:
+    components.append(pretrain)
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root, components=components,
       enable_cache=config.enable_cache,

@@ -11,6 +11,7 @@ from ml_metadata.metadata_store import metadata_store
 from tfx.orchestration import metadata
 from tfx.types import artifact_utils
 
+from models import heads
 from pipeline.config import PipelineConfig
 
 REPORT_FILE = 'report.json'
@@ -51,8 +52,10 @@ def domain_counts(examples_uri: str, split: str, domain_column: str) -> Dict[str
   return dict(counts)
 
 
-def slice_metrics(evaluation_uri: str, domain_column: str) -> Dict[Optional[str], Dict[str, float]]:
-  """{domain or None for overall: {metric: value}} for the candidate model of an Evaluator output."""
+def slice_metrics(evaluation_uri: str, domain_column: str,
+                  output_name: str = '') -> Dict[Optional[str], Dict[str, float]]:
+  """{domain or None for overall: {metric: value}} for the candidate model of an Evaluator output, of the
+  model output `output_name` (a multi-task model's task; '' for a single-output model)."""
   result = tfma.load_eval_result(evaluation_uri)
   metrics = {}
   for slice_key, values in result.slicing_metrics:
@@ -60,7 +63,7 @@ def slice_metrics(evaluation_uri: str, domain_column: str) -> Dict[Optional[str]
       continue
     domain = None if not slice_key else slice_key[0][1]
     domain = domain.decode() if isinstance(domain, bytes) else domain
-    flat = values.get('', {}).get('', {})
+    flat = values.get(output_name, {}).get('', {})
     metrics[domain] = {name: value['doubleValue'] for name, value in flat.items() if 'doubleValue' in value}
   return metrics
 
@@ -74,8 +77,16 @@ def build_report(config: PipelineConfig) -> dict:
   domain = config.feature_spec.domain
   train_counts = domain_counts(examples.uri, 'train', domain)
   eval_counts = domain_counts(examples.uri, eval_split, domain)
-  before = slice_metrics(_single(by_node, 'PretrainEvaluator', 'ModelEvaluation').uri, domain)
-  after = slice_metrics(_single(by_node, 'Evaluator', 'ModelEvaluation').uri, domain)
+  outputs = heads.OUTPUTS[config.head] if config.head else ('',)  # the click output first
+  before_uri, after_uri = (_single(by_node, node, 'ModelEvaluation').uri for node in ('PretrainEvaluator', 'Evaluator'))
+  before = {o: slice_metrics(before_uri, domain, o) for o in outputs}
+  after = {o: slice_metrics(after_uri, domain, o) for o in outputs}
+  tasks = {o: {'domains': {name: {'auc_pretrain': before[o].get(name, {}).get('auc'),
+                                  'auc_finetune': after[o].get(name, {}).get('auc')}
+                           for name in config.feature_spec.domains},
+               'auc_pretrain': before[o][None]['auc'], 'auc_finetune': after[o][None]['auc']}
+           for o in outputs if o}
+  before, after = before[outputs[0]], after[outputs[0]]
   blessing = _single(by_node, 'Evaluator', 'ModelBlessing')
   pushed = _single(by_node, 'Pusher', 'PushedModel')
 
@@ -98,6 +109,7 @@ def build_report(config: PipelineConfig) -> dict:
       'blessed': bool(blessing and blessing.custom_properties['blessed'].int_value),
       'pushed_model': pushed.custom_properties['pushed_destination'].string_value if is_pushed else None,
       'eval_split': eval_split,
+      **({'tasks': tasks} if tasks else {}),  # a multi-task model's AUC per task output
   }
 
 
@@ -120,6 +132,13 @@ def format_table(report: dict) -> str:
     before, after = report[f'{name}_pretrain'], report[f'{name}_finetune']
     lines.append(f'{name.upper() + " (all domains)":<33}{fmt(before):>10}{fmt(after):>10}'
                  f'{fmt(_delta(after, before), "+.4f"):>9}')
+  tasks = report.get('tasks', {})
+  if tasks:  # a multi-task model: AUC of every task output, each over all exposures
+    lines.append(f'{"task AUC":<16}' + ''.join(f'{t + " pre":>12}{t + " LoRA":>12}' for t in tasks))
+    for row in report['domains'] + [{'domain': None}]:
+      values = [v['domains'][row['domain']] if row['domain'] else v for v in tasks.values()]
+      lines.append(f'{row["domain"] or "all domains":<16}' + ''.join(
+          f'{fmt(v["auc_pretrain"]):>12}{fmt(v["auc_finetune"]):>12}' for v in values))
   lines.append(f'blessed: {report["blessed"]}')
   lines.append(f'pushed model: {report["pushed_model"] or "none (not blessed)"}')
   return '\n'.join(lines)

@@ -1,5 +1,9 @@
 """Domain-adaptation methods by name (`PipelineConfig.adaptation` and `pretrain_adaptation`)."""
+from models.adaptation.adasparse import AdaSparse
 from models.adaptation.base import DomainAdaptation
+from models.adaptation.baselines import NoDomain, Separate
 from models.adaptation.mlora import MLoRA
+from models.adaptation.pepnet import PEPNet
+from models.adaptation.star import Star
 
-ADAPTATIONS = {cls.name: cls for cls in (DomainAdaptation, MLoRA)}
+ADAPTATIONS = {cls.name: cls for cls in (DomainAdaptation, MLoRA, Star, AdaSparse, PEPNet, NoDomain, Separate)}

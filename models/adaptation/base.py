@@ -34,17 +34,18 @@ class DomainAdaptation:
     """The embedded features the backbone reads (an `EmbeddedFeatures`)."""
     return features
 
-  def dense(self, units: int, activation, name: str):
+  def dense(self, units: int, activation, name: str, layer_class=DomainLoRADense, **layer_kwargs):
     """A dense layer of the backbone, as a function of its input [batch, d_in] -> [batch, units]. The
     layer is named `name` and keeps the weight names `kernel` and `bias`, so a pretrained backbone loads
-    into it by name."""
-    layer = DomainLoRADense(units, activation=activation, freeze_base=self.freeze_base, name=name)
+    into it by name. A backbone with its own dense topology passes its `DomainLoRADense` subclass and that
+    class's own arguments (the STAR backbone: `StarDense`, `star_domains`)."""
+    layer = layer_class(units, activation=activation, freeze_base=self.freeze_base, name=name, **layer_kwargs)
     return lambda x: layer([x, self.domain_index])
 
   def hidden(self, x, name: str):
     """Applied to the output of each DNN hidden layer `name` (after its activation)."""
     return x
 
-  def logit(self, logit, features):
-    """The model's final logit [batch, 1], given the backbone's."""
+  def logit(self, logit, features, task: str = ''):
+    """The model's final logit [batch, 1], given the backbone's; `task` names it in a multi-task model."""
     return logit

@@ -5,7 +5,8 @@ import tf_keras
 
 
 def flat_features(fields, numeric):
-  """All field embeddings side by side, then the numeric features: the DNN input."""
+  """All field embeddings (or interaction vectors, [batch, ...]) side by side, then the numeric features:
+  the DNN input."""
   flat = tf_keras.layers.Flatten(name='flat_fields')(fields)
   return flat if numeric is None else tf_keras.layers.Concatenate(name='dnn_input')([flat, numeric])
 
@@ -22,6 +23,12 @@ def dnn_hidden(x, hidden_units: Sequence[int], adapt, prefix: str = 'dense'):
 def dnn_logit(x, hidden_units: Sequence[int], adapt):
   """`dnn_hidden`, then a one-unit `logit` layer."""
   return adapt.dense(1, None, 'logit')(dnn_hidden(x, hidden_units, adapt))
+
+
+def concat_logit(parts, adapt):
+  """One `logit` layer over several parts side by side (an interaction network's output and the DNN's
+  last hidden layer): the parallel structure of DCN, AutoInt+ and xDeepFM."""
+  return adapt.dense(1, None, 'logit')(tf_keras.layers.Concatenate(name='logit_input')(parts))
 
 
 def mlp_logit(features, hidden_units: Sequence[int], adapt):

@@ -26,8 +26,9 @@ class DomainLoRADense(tf_keras.layers.Layer):
   domain) gets no adapter: the shared backbone alone scores it. With `num_domains=0` this is a plain
   dense layer, which is how the pretrained backbone is built.
 
-  Called on `(x, domain_index)` with `x` of shape [batch, d_in] and `domain_index` of shape [batch] or
-  [batch, 1] (integers).
+  Called on `(x, domain_index)` with `x` of shape [batch, ..., d_in] and `domain_index` of shape [batch] or
+  [batch, 1] (integers). Like `Dense`, the map acts on the last axis; every position of an example (each
+  field of [batch, fields, d_in], ...) uses that example's domain adapter.
 
   Args:
     units: d_out.
@@ -35,15 +36,20 @@ class DomainLoRADense(tf_keras.layers.Layer):
     rank: Adapter rank r (see `lora_rank`); ignored when `num_domains` is 0.
     activation: Applied after the adapter is added.
     freeze_base: Makes `W` and `b` non-trainable, so only the adapters learn (MLoRA's second stage).
+    trainable_domains: The domains whose adapters learn; None for all. Onboarding a new domain trains
+      its adapter alone: the other domains' columns of A and rows of B get no gradient, so they stay
+      bit-identical.
   """
 
-  def __init__(self, units, num_domains=0, rank=1, activation=None, freeze_base=False, **kwargs):
+  def __init__(self, units, num_domains=0, rank=1, activation=None, freeze_base=False, trainable_domains=None,
+               **kwargs):
     super().__init__(**kwargs)
     self.units = units
     self.num_domains = num_domains
     self.rank = rank
     self.activation = tf_keras.activations.get(activation)
     self.freeze_base = freeze_base
+    self.trainable_domains = None if trainable_domains is None else sorted(int(d) for d in trainable_domains)
 
   def build(self, input_shape):
     x_shape, _ = input_shape
@@ -61,15 +67,26 @@ class DomainLoRADense(tf_keras.layers.Layer):
 
   def call(self, inputs):
     x, domain_index = inputs
-    h = tf.matmul(x, self.kernel) + self.bias
+    h = tf.tensordot(x, self.kernel, axes=1) + self.bias
     if self.num_domains:
       domain_index = tf.reshape(tf.cast(domain_index, tf.int32), [-1])
-      # one_hot of an out-of-range index is all zeros: unknown domains get no adapter.
-      mask = tf.one_hot(domain_index, self.num_domains, dtype=x.dtype)
-      projected = tf.reshape(tf.matmul(x, self.lora_a), [-1, self.num_domains, self.rank])
-      own_domain = tf.reshape(projected * mask[:, :, None], [-1, self.num_domains * self.rank])
-      h += tf.matmul(own_domain, self.lora_b)
+      # one_hot of an out-of-range index is all zeros: unknown domains get no adapter. Repeated per rank
+      # column and broadcast over the middle axes, it keeps only the example's own domain's r columns of
+      # the all-domain projection x A.
+      mask = tf.repeat(tf.one_hot(domain_index, self.num_domains, dtype=x.dtype), self.rank, axis=1)
+      mask = tf.reshape(mask, [-1] + [1] * (x.shape.rank - 2) + [self.num_domains * self.rank])
+      lora_a, lora_b = self._trainable_part(self.lora_a, axis=1), self._trainable_part(self.lora_b, axis=0)
+      h += tf.tensordot(tf.tensordot(x, lora_a, axes=1) * mask, lora_b, axes=1)
     return self.activation(h)
+
+  def _trainable_part(self, weight, axis):
+    """`weight` with the gradient cut off along `axis` (the domains' r-wide slices) outside
+    `trainable_domains`; its value is unchanged."""
+    if self.trainable_domains is None:
+      return weight
+    trainable = tf.repeat(tf.reduce_sum(tf.one_hot(self.trainable_domains, self.num_domains), axis=0), self.rank)
+    trainable = tf.reshape(trainable, [-1, 1] if axis == 0 else [1, -1])
+    return weight * trainable + tf.stop_gradient(weight) * (1.0 - trainable)
 
   @property
   def adaptation_weights(self):
@@ -78,5 +95,6 @@ class DomainLoRADense(tf_keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update(units=self.units, num_domains=self.num_domains, rank=self.rank,
-                  activation=tf_keras.activations.serialize(self.activation), freeze_base=self.freeze_base)
+                  activation=tf_keras.activations.serialize(self.activation), freeze_base=self.freeze_base,
+                  trainable_domains=self.trainable_domains)
     return config

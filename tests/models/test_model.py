@@ -6,7 +6,7 @@ import tf_keras
 from models import model as model_lib
 from models.backbones import BACKBONES
 from models.features import DOMAIN_INDEX, FeatureSpec, transformed_name
-from models.layers.lora import DomainLoRADense
+from models.layers.lora import DomainLoRADense, lora_rank
 
 SPEC = FeatureSpec(domain='domain', domains=['a', 'b', 'c'], label='click', vocab=['item'], hashed={'user': 50},
                    numeric=['price'], multivalent={'tags': 3})
@@ -52,9 +52,10 @@ def test_backbone_has_no_adapters(backbone):
 
 def test_every_dense_layer_gets_an_adapter_with_its_rank(backbone):
   model = _finetune_model(_pretrained(backbone), alpha=4)
-  ranks = {l.name: l.rank for l in model.layers if isinstance(l, DomainLoRADense)}
-  assert ranks == {'dense_0': 4, 'dense_1': 2, 'logit': 1}
-  assert all(l.num_domains == 3 for l in model.layers if isinstance(l, DomainLoRADense))
+  layers = [l for l in model.layers if isinstance(l, DomainLoRADense)]
+  # The DNN's layers, then any interaction maps (cross, attention, CIN, ...), by the same rule.
+  assert {'dense_0': 4, 'dense_1': 2, 'logit': 1}.items() <= {l.name: l.rank for l in layers}.items()
+  assert all(l.rank == lora_rank(l.units, 4) and l.num_domains == 3 for l in layers)
 
 
 def test_finetune_model_starts_equal_to_pretrained(backbone):

@@ -67,7 +67,8 @@ def test_dense_weights_are_copied_and_adapters_left_behind(warm_started):
   for name in ('dense_0', 'dense_1', 'logit'):
     base_weights = {w.name: w.numpy() for w in base.get_layer(name).weights}
     for weight in model.get_layer(name).weights:
-      np.testing.assert_array_equal(weight.numpy(), base_weights[weight.name])
+      old = base_weights[weight.name]  # a per-domain weight (STAR's) grew by the new domain: the old ones first
+      np.testing.assert_array_equal(weight.numpy()[tuple(slice(0, n) for n in old.shape)], old)
 
 
 def test_vocabulary_embeddings_move_with_their_tokens(warm_started):

@@ -1,6 +1,7 @@
 """Continual runs on daily span folders: the newest span is ingested, the backbone warm-starts from the
 production model, a corrupted span is stopped by validation, and a failed run's re-run reuses the cached
 components. The e2e tests share one output folder and run in file order, as the days do."""
+import dataclasses
 import json
 import os
 
@@ -150,3 +151,30 @@ def test_corrupted_span_is_stopped_and_production_stays(days):
   assert 'AnomaliesGate' in ran and not {'Transform', 'PretrainTrainer', 'Pusher'} & set(ran)
   assert _pushed_versions(config) == versions
   assert lineage.latest_artifacts(config, 'Evaluator', 'baseline_model') == production
+
+
+@pytest.mark.e2e
+def test_onboarding_a_new_domain_trains_its_adapter_alone(days):
+  """A later span brings the new domain: the run trains its adapter on the production model and nothing else."""
+  config = days['config']
+  drift = simulate.Drift(new_domain_day=4)
+  spec = simulate.day_spec(4, drift)
+  simulate.write_contract(str(days['root'] / 'data'), spec)
+  _write_span(days['root'] / 'data', 4, simulate.day_frame(synthetic.generate(4 * ROWS, seed=5), 4, ROWS, drift, 0))
+  onboarding = dataclasses.replace(config, feature_spec=spec, onboard_domains=(drift.new_domain,), enable_cache=False)
+  report = tfx_runner.run_pipeline(onboarding)
+
+  ran = lineage.latest_run_states(onboarding)
+  assert 'PretrainTrainer' not in ran and ran['FinetuneTrainer'] == metadata_store_pb2.Execution.COMPLETE
+  production = _keras(lineage.latest_artifacts(onboarding, 'FinetuneTrainer', 'base_model')[0].uri)
+  onboarded = _keras(lineage.latest_artifacts(onboarding, 'FinetuneTrainer', 'model', lineage.OUTPUT)[0].uri)
+  new = spec.domains.index(drift.new_domain)
+  for name in ('dense_0', 'dense_1', 'logit'):
+    before, after = production.get_layer(name), onboarded.get_layer(name)
+    np.testing.assert_array_equal(after.kernel.numpy(), before.kernel.numpy())
+    np.testing.assert_array_equal(after.lora_b.numpy()[:new * after.rank], before.lora_b.numpy())
+    assert np.abs(after.lora_b.numpy()[new * after.rank:]).sum() > 0  # the new domain's adapter trained
+  np.testing.assert_array_equal(onboarded.get_layer(USER_EMBEDDING).get_weights()[0],
+                                production.get_layer(USER_EMBEDDING).get_weights()[0])
+  assert drift.new_domain in {d['domain'] for d in report['domains']}
+  assert report['blessed'] and report['pushed_model']

@@ -73,6 +73,39 @@ def test_unknown_domain_uses_no_adapter(unknown):
   np.testing.assert_allclose(output.numpy(), (x @ layer.kernel + layer.bias).numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize('middle', [(5,), (2, 3)])
+def test_zero_b_gives_the_base_output_for_every_position(middle):
+  layer = _layer(activation='relu')
+  x = tf.constant(np.random.default_rng(0).normal(size=(4, *middle, D_IN)), tf.float32)
+  expected = np.maximum(np.einsum('...i,io->...o', x.numpy(), layer.kernel.numpy()) + layer.bias.numpy(), 0)
+  output = layer([x, tf.constant([0, 1, 2, 0], tf.int64)]).numpy()
+  assert output.shape == (4, *middle, 8)
+  np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('middle', [(5,), (2, 3)])
+def test_each_example_uses_its_own_domain_adapter_at_every_position(middle):
+  layer = _layer()
+  _set_random_adapters(layer)
+  x = np.random.default_rng(0).normal(size=(5, *middle, D_IN)).astype(np.float32)
+  domains = np.array([2, 0, 1, NUM_DOMAINS, 2])  # the fourth is unknown: no adapter
+  output = layer([tf.constant(x), tf.constant(domains, tf.int64)]).numpy()
+  rank = layer.rank
+  for i, d in enumerate(domains):
+    update = np.zeros((D_IN, 8))
+    if d < NUM_DOMAINS:
+      update = layer.lora_a.numpy()[:, d * rank:(d + 1) * rank] @ layer.lora_b.numpy()[d * rank:(d + 1) * rank]
+    expected = x[i] @ (layer.kernel.numpy() + update) + layer.bias.numpy()
+    np.testing.assert_allclose(output[i], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fields_input_keeps_its_static_shape():
+  fields = tf_keras.Input((5, D_IN))
+  domain_in = tf_keras.Input((), dtype=tf.int64)
+  output = DomainLoRADense(8, num_domains=NUM_DOMAINS, rank=2)([fields, domain_in])
+  assert output.shape.as_list() == [None, 5, 8]
+
+
 def test_no_domains_is_a_plain_dense_layer():
   layer = DomainLoRADense(5, num_domains=0)
   layer.build([(None, D_IN), (None,)])
@@ -119,3 +152,22 @@ def test_config_round_trip():
   clone = DomainLoRADense.from_config(layer.get_config())
   assert clone.get_config() == layer.get_config()
   assert (clone.units, clone.num_domains, clone.rank, clone.freeze_base) == (8, NUM_DOMAINS, 2, True)
+
+
+def test_trainable_domains_leave_the_other_adapters_bit_identical():
+  layer = _layer(freeze_base=True, trainable_domains=[2])
+  _set_random_adapters(layer)
+  before = [w.numpy() for w in layer.adaptation_weights]
+  x, domains = _batch(n=64)
+  optimizer = tf_keras.optimizers.Adam(0.1)
+  for _ in range(3):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.square(layer([x, domains])))
+    optimizer.apply_gradients(zip(tape.gradient(loss, layer.trainable_weights), layer.trainable_weights))
+  lora_a, lora_b = (w.numpy() for w in layer.adaptation_weights)
+  r = layer.rank
+  np.testing.assert_array_equal(lora_a[:, :2 * r], before[0][:, :2 * r])
+  np.testing.assert_array_equal(lora_b[:2 * r], before[1][:2 * r])
+  assert not np.allclose(lora_a[:, 2 * r:], before[0][:, 2 * r:])
+  assert not np.allclose(lora_b[2 * r:], before[1][2 * r:])
+  assert DomainLoRADense.from_config(layer.get_config()).trainable_domains == [2]

@@ -1,0 +1,89 @@
+"""Onboarding a domain: only its adapter trains, everything the other domains use stays bit-identical."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from models import model as model_lib
+from models import onboarding
+from models.features import DOMAIN_INDEX, transformed_name
+from tests.models.test_warm_start import NEW_SPEC, OLD_SPEC, OLD_VOCABULARIES, _TransformOutput, _sizes
+
+HIDDEN = (16, 8)
+
+
+def _features(n=256, seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+      DOMAIN_INDEX: tf.constant(rng.integers(0, NEW_SPEC.num_domains, n), tf.int64),
+      transformed_name('item'): tf.constant(rng.integers(0, 20, n), tf.int64),
+      transformed_name('user'): tf.constant(rng.integers(0, 50, n), tf.int64),
+      transformed_name('tags'): tf.constant(rng.integers(0, 9, (n, 3)), tf.int64),
+      transformed_name('price'): tf.constant(rng.normal(size=n), tf.float32),
+  }
+
+
+@pytest.fixture(scope='module')
+def production(tmp_path_factory):
+  """A production MLoRA model on the three old domains, its adapters trained (non-zero), and its folder."""
+  tf_keras.utils.set_random_seed(0)
+  model = model_lib.build_model(OLD_SPEC, _sizes(OLD_VOCABULARIES), HIDDEN, embedding_dim=4, adaptation='mlora',
+                                freeze_backbone=True, options={'alpha': 4})
+  rng = np.random.default_rng(1)
+  for weight in model_lib.adaptation_weights(model):
+    weight.assign(rng.normal(size=weight.shape) * 0.3)
+  serving_dir = tmp_path_factory.mktemp('production') / 'Format-Serving'
+  (serving_dir / 'assets').mkdir(parents=True)
+  for column, tokens in OLD_VOCABULARIES.items():
+    (serving_dir / 'assets' / column).write_bytes(b''.join(t + b'\n' for t in tokens))
+  return model, str(serving_dir)
+
+
+def _onboard(production, new_domains=('d',)):
+  model, serving_dir = production
+  return onboarding.onboarding_model(NEW_SPEC, _sizes(OLD_VOCABULARIES), new_domains, model,
+                                     _TransformOutput(OLD_VOCABULARIES), serving_dir, HIDDEN, 4, 'mlp', {'alpha': 4})
+
+
+def test_only_the_new_domains_adapter_trains(production):
+  old_model, _ = production
+  model = _onboard(production)
+  features = _features()
+  old_domains = features[DOMAIN_INDEX].numpy() < 3
+  before = model.predict(features, verbose=0)
+  old_features = {k: tf.boolean_mask(v, old_domains) for k, v in features.items()}
+  np.testing.assert_allclose(before[old_domains], old_model.predict(old_features, verbose=0), rtol=1e-6)
+
+  model.compile(tf_keras.optimizers.Adam(0.05), 'binary_crossentropy')
+  model.fit(features, np.random.default_rng(2).integers(0, 2, 256), batch_size=64, epochs=2, verbose=0)
+
+  after = model.predict(features, verbose=0)
+  np.testing.assert_array_equal(after[old_domains], before[old_domains])  # old domains: bit-identical scores
+  assert not np.allclose(after[~old_domains], before[~old_domains])
+  old_layers = {layer.name: layer for layer in old_model.layers}
+  for layer in model.layers:
+    for weight in layer.weights:
+      name = weight.name.split('/')[-1].split(':')[0]
+      old = {w.name.split('/')[-1].split(':')[0]: w.numpy() for w in old_layers[layer.name].weights}[name]
+      if name == 'lora_a':  # [d_in, domains * rank]: the old domains' columns kept
+        np.testing.assert_array_equal(weight.numpy()[:, :old.shape[1]], old)
+      elif name == 'lora_b':  # [domains * rank, units]: the old domains' rows kept, the new one's trained
+        np.testing.assert_array_equal(weight.numpy()[:old.shape[0]], old)
+        assert np.abs(weight.numpy()[old.shape[0]:]).sum() > 0
+      elif layer.name == 'embedding_domain_index':
+        np.testing.assert_array_equal(weight.numpy()[:4], old)  # a, b, c and 'd' = the old unknown row
+      else:
+        np.testing.assert_array_equal(weight.numpy(), old)
+
+
+def test_wrong_domains_are_refused(production):
+  with pytest.raises(ValueError, match='not in the feature spec'):
+    _onboard(production, ['e'])
+  with pytest.raises(ValueError, match=r"\['d'\], are the ones to onboard"):
+    _onboard(production, ['c'])
+
+
+def test_a_production_model_without_adapters_is_refused(production):
+  backbone = model_lib.build_model(OLD_SPEC, _sizes(OLD_VOCABULARIES), HIDDEN, embedding_dim=4)
+  with pytest.raises(ValueError, match='needs an MLoRA production model'):
+    _onboard((backbone, production[1]))

@@ -1,0 +1,77 @@
+"""CTNet through the real pipeline: a source run, then a target run with `--transfer-source` that trains
+beside the source's frozen model and pushes."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tf_keras
+
+from data import synthetic
+from models import ctnet
+from models.layers.transfer import IdLookup
+from models.trainer import keras_model_path
+from pipeline.config import PipelineConfig
+from pipeline.report import latest_run_artifacts
+import schemas
+from tests.pipeline.test_pipeline_e2e import _run, _serialized_examples, _write_split
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 3000
+FEWEST_STEPS = ['--pretrain-steps', '20', '--finetune-steps', '10', '--eval-steps', '2', '--batch-size', '128',
+                '--hidden-units', '16-8', '--min-domain-auc', '0']
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('ctnet')
+  _write_split(synthetic.generate(ROWS, seed=3), root / 'source-data')
+  assert _run(root / 'source', root / 'source-data', FEWEST_STEPS) == 0
+  target_frame = synthetic.generate(ROWS, seed=5)  # other logs: other vocabularies and statistics
+  _write_split(target_frame, root / 'target-data')
+  assert _run(root / 'target', root / 'target-data', FEWEST_STEPS + ['--transfer-source', str(root / 'source')]) == 0
+  with open(root / 'target' / 'report.json') as f:
+    return {'root': root, 'report': json.load(f), 'frame': target_frame}
+
+
+def _artifact(output_dir, node, type_name):
+  """The artifact of `type_name` that `node` output in the latest run written to `output_dir`."""
+  config = PipelineConfig(data_path=str(output_dir), schema_path=schemas.DEFAULT_SCHEMA_PATH,
+                          output_dir=str(output_dir), feature_spec=synthetic.FEATURE_SPEC)
+  return max(latest_run_artifacts(config)[node][type_name], key=lambda a: a.id)
+
+
+def test_target_run_records_the_source_model_trains_and_pushes(runs):
+  root = runs['root']
+  assert runs['report']['blessed'] is True and runs['report']['pushed_model']
+  source_model = _artifact(root / 'source', 'FinetuneTrainer', 'Model')  # the source's production model
+  resolved = _artifact(root / 'target', 'SourceModelResolver', 'Model')
+  assert resolved.custom_properties['source_uri'].string_value == source_model.uri
+  assert resolved.custom_properties['source_model_id'].int_value == source_model.id
+
+  source = tf_keras.models.load_model(keras_model_path(os.path.join(source_model.uri, 'Format-Serving')))
+  for stage in ('PretrainTrainer', 'FinetuneTrainer'):  # CTNet, then MLoRA on top: the tower stays frozen
+    uri = _artifact(root / 'target', stage, 'Model').uri
+    model = tf_keras.models.load_model(keras_model_path(os.path.join(uri, 'Format-Serving')))
+    tower = ctnet.find_source_tower(model)
+    assert tower is not None and len(ctnet.adapter_layers(model)) == 2
+    assert any(isinstance(layer, IdLookup) for layer in tower.layers)  # the target's ids to the source's
+    # The source model cut after its hidden layers, inside the tower behind the feature maps: layer by layer
+    # (loaded weights' names are not unique), bit-identical to the source model's.
+    [source_hidden] = [layer for layer in tower.layers if isinstance(layer, tf_keras.Model)]
+    compared = 0
+    for layer in source_hidden.layers:
+      for weight, expected in zip(layer.weights, source.get_layer(layer.name).weights, strict=True):
+        np.testing.assert_array_equal(weight.numpy(), expected.numpy())
+        compared += 1
+    assert compared == len(source.weights) - len(source.get_layer('logit').weights)
+
+
+def test_pushed_ctnet_model_serves_raw_examples(runs):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  serve = tf.saved_model.load(runs['report']['pushed_model']).signatures['serving_default']
+  spec = synthetic.FEATURE_SPEC
+  columns = [c for c in spec.raw_columns if c not in spec.label_columns]
+  scores = serve(examples=_serialized_examples(runs['frame'].iloc[-32:], columns))['ctr'].numpy()
+  assert scores.shape == (32,) and np.all((scores > 0) & (scores < 1))

@@ -1,0 +1,69 @@
+"""The real pipeline with a multi-task head (ESMM) end to end on a few thousand rows: trained on click and
+conversion, gated per task, pushed, served with every task's probability."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data import synthetic
+from pipeline.config import PipelineConfig
+from pipeline.pipeline import eval_config
+from tests.pipeline.test_pipeline_e2e import _pushed_versions, _run, _serialized_examples, _write_split
+
+ROWS = 3000
+# A small domain's eval slice may hold no conversion at all (its AUC is then 0): no bound on cvr and ctcvr here.
+ESMM_RUN = ['--head', 'esmm', '--balancing', 'uncertainty', '--pcgrad', '--pretrain-steps', '100',
+            '--finetune-steps', '20', '--eval-steps', '2', '--hidden-units', '16-8',
+            '--task-min-auc', 'cvr=0,ctcvr=0']
+
+
+def test_eval_config_gates_every_task_with_its_threshold():
+  config = PipelineConfig('data', 'schema.pbtxt', 'out', synthetic.FEATURE_SPEC, head='esmm', min_domain_auc=0.6,
+                          task_min_auc={'cvr': 0.52})
+  specs = eval_config(config, gate=True)
+  assert dict(specs.model_specs[0].label_keys) == {'ctr': 'click', 'cvr': 'conversion', 'ctcvr': 'conversion'}
+  assert dict(specs.model_specs[0].prediction_keys) == {'ctr': 'ctr', 'cvr': 'cvr', 'ctcvr': 'ctcvr'}
+  bounds = {tuple(s.output_names): next(m.threshold.value_threshold.lower_bound.value for m in s.metrics
+                                        if m.class_name == 'AUC') for s in specs.metrics_specs}
+  assert bounds == {('ctr',): 0.6, ('cvr',): 0.52, ('ctcvr',): 0.6}
+  with pytest.raises(ValueError, match='head'):
+    PipelineConfig('data', 'schema.pbtxt', 'out', synthetic.FEATURE_SPEC, pcgrad=True)
+
+
+@pytest.fixture(scope='module')
+def esmm_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp('multitask')
+  data_dir, output_dir = root / 'data', root / 'out'
+  frame = synthetic.generate(ROWS, seed=5)
+  _write_split(frame, data_dir)
+  assert _run(output_dir, data_dir, ESMM_RUN) == 0
+  with open(output_dir / 'report.json') as f:
+    return {'output_dir': output_dir, 'frame': frame, 'report': json.load(f)}
+
+
+@pytest.mark.e2e
+def test_esmm_model_is_blessed_and_pushed(esmm_run):
+  report = esmm_run['report']
+  assert report['blessed'] is True
+  assert report['pushed_model'] and os.path.exists(os.path.join(report['pushed_model'], 'saved_model.pb'))
+  assert len(_pushed_versions(esmm_run['output_dir'])) == 1
+  assert set(report['tasks']) == {'ctr', 'cvr', 'ctcvr'}  # each task scored (and gated) per domain
+  for task, values in report['tasks'].items():
+    assert 0.0 <= values['auc_finetune'] <= 1.0, task
+    assert set(values['domains']) == set(synthetic.FEATURE_SPEC.domains)
+  assert report['auc_finetune'] == report['tasks']['ctr']['auc_finetune']
+
+
+@pytest.mark.e2e
+def test_serving_default_returns_every_task(esmm_run):
+  serve = tf.saved_model.load(esmm_run['report']['pushed_model']).signatures['serving_default']
+  spec = synthetic.FEATURE_SPEC
+  columns = [c for c in spec.raw_columns if c not in spec.label_columns]
+  outputs = serve(examples=_serialized_examples(esmm_run['frame'].iloc[-32:], columns))
+  assert set(outputs) == {'ctr', 'cvr', 'ctcvr'}
+  ctr, cvr, ctcvr = (outputs[t].numpy() for t in ('ctr', 'cvr', 'ctcvr'))
+  assert ctr.shape == cvr.shape == ctcvr.shape == (32,)
+  assert np.all((ctr > 0) & (ctr < 1)) and np.all((cvr > 0) & (cvr < 1))
+  np.testing.assert_allclose(ctcvr, ctr * cvr, rtol=1e-5)
