@@ -7,6 +7,7 @@ import tensorflow as tf
 import tf_keras
 
 from models import model as model_lib
+from models.adaptation import ADAPTATIONS
 from models.heads import HEADS, OUTPUTS, TARGETS
 from models.heads.layers import MixtureOfExperts
 from models.layers.lora import DomainLoRADense
@@ -129,3 +130,13 @@ def test_head_errors_name_the_choice():
   with pytest.raises(ValueError, match='conversion'):
     from models.heads import label_columns  # pylint: disable=g-import-not-at-top
     label_columns(SPEC)
+
+
+@pytest.mark.parametrize('adaptation', sorted(set(ADAPTATIONS) - {'none'}))
+@pytest.mark.parametrize('head', sorted(HEADS))
+def test_every_head_combines_with_every_domain_adaptation(head, adaptation):
+  """Domain adaptation on the shared parts, task heads on top: every pair builds and scores every task."""
+  model = _build(head, adaptation=adaptation)
+  outputs = model(_features(n=6, seed=3))
+  assert sorted(outputs) == sorted(OUTPUTS[head])
+  assert all(np.all((p.numpy() > 0) & (p.numpy() < 1)) for p in outputs.values())
