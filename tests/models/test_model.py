@@ -14,10 +14,10 @@ VOCAB_SIZES = {'item': 20, 'user': 50, 'tags': 9}
 HIDDEN = (16, 8)
 
 
-def _features(n=64, seed=0, domains=None):
+def _features(n=64, seed=0, domains=None, num_domains=SPEC.num_domains):
   rng = np.random.default_rng(seed)
   return {
-      DOMAIN_INDEX: tf.constant(rng.integers(0, 3, n) if domains is None else domains, tf.int64),
+      DOMAIN_INDEX: tf.constant(rng.integers(0, num_domains, n) if domains is None else domains, tf.int64),
       transformed_name('item'): tf.constant(rng.integers(0, 20, n), tf.int64),
       transformed_name('user'): tf.constant(rng.integers(0, 50, n), tf.int64),
       transformed_name('tags'): tf.constant(rng.integers(0, 9, (n, 3)), tf.int64),

@@ -6,21 +6,11 @@ import tf_keras
 
 from models import model as model_lib
 from models import onboarding
-from models.features import DOMAIN_INDEX, transformed_name
+from models.features import DOMAIN_INDEX
+from tests.models.test_model import _features
 from tests.models.test_warm_start import NEW_SPEC, OLD_SPEC, OLD_VOCABULARIES, _TransformOutput, _sizes
 
 HIDDEN = (16, 8)
-
-
-def _features(n=256, seed=0):
-  rng = np.random.default_rng(seed)
-  return {
-      DOMAIN_INDEX: tf.constant(rng.integers(0, NEW_SPEC.num_domains, n), tf.int64),
-      transformed_name('item'): tf.constant(rng.integers(0, 20, n), tf.int64),
-      transformed_name('user'): tf.constant(rng.integers(0, 50, n), tf.int64),
-      transformed_name('tags'): tf.constant(rng.integers(0, 9, (n, 3)), tf.int64),
-      transformed_name('price'): tf.constant(rng.normal(size=n), tf.float32),
-  }
 
 
 @pytest.fixture(scope='module')
@@ -48,7 +38,7 @@ def _onboard(production, new_domains=('d',)):
 def test_only_the_new_domains_adapter_trains(production):
   old_model, _ = production
   model = _onboard(production)
-  features = _features()
+  features = _features(n=256, num_domains=NEW_SPEC.num_domains)
   old_domains = features[DOMAIN_INDEX].numpy() < 3
   before = model.predict(features, verbose=0)
   old_features = {k: tf.boolean_mask(v, old_domains) for k, v in features.items()}

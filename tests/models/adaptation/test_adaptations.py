@@ -14,6 +14,7 @@ from models.features import DOMAIN_INDEX, FeatureSpec, transformed_name
 from models.layers.lora import DomainLoRADense
 from models.layers.pepnet import GateNU
 from models.layers.separate import SeparateDense
+from tests.models.test_model import _features
 
 SPEC = FeatureSpec(domain='domain', domains=['a', 'b', 'c'], label='click', vocab=['item'], hashed={'user': 50},
                    numeric=['price'], multivalent={'tags': 3}, user='user')
@@ -22,17 +23,6 @@ HIDDEN = (8, 4)
 BACKBONES = ('mlp', 'deepfm', 'star')
 OPTIONS = {'alpha': 4, 'anneal_steps': 20}
 STATE = ('moving_mean', 'moving_variance', 'step')  # non-trainable by nature, not frozen
-
-
-def _features(n=128, seed=0, domains=None):
-  rng = np.random.default_rng(seed)
-  return {
-      DOMAIN_INDEX: tf.constant(rng.integers(0, 3, n) if domains is None else domains, tf.int64),
-      transformed_name('item'): tf.constant(rng.integers(0, 20, n), tf.int64),
-      transformed_name('user'): tf.constant(rng.integers(0, 50, n), tf.int64),
-      transformed_name('tags'): tf.constant(rng.integers(0, 9, (n, 3)), tf.int64),
-      transformed_name('price'): tf.constant(rng.normal(size=n), tf.float32),
-  }
 
 
 def _labels(features):
@@ -58,7 +48,7 @@ def _fit(model, features, epochs=2):
 
 @functools.lru_cache(maxsize=None)
 def _pretrained(backbone, adaptation):
-  return _fit(_build(backbone, adaptation), _features(seed=1))
+  return _fit(_build(backbone, adaptation), _features(n=128, seed=1))
 
 
 def _training_loss(model, features):
@@ -103,7 +93,7 @@ def test_end_to_end_training_lowers_the_loss(adaptation, backbone):
 @pytest.mark.parametrize('adaptation,backbone', FINE_TUNED)
 def test_fine_tuning_starts_at_the_backbone_and_trains_only_the_method_and_embeddings(adaptation, backbone, tmp_path):
   model, pretrained = _finetune_model(backbone, adaptation)
-  features = _features(seed=3)
+  features = _features(n=128, seed=3)
   np.testing.assert_allclose(model(features).numpy(), pretrained(features).numpy(), rtol=1e-6, atol=1e-7)
 
   added = model_lib.adaptation_weights(model)
@@ -114,7 +104,7 @@ def test_fine_tuning_starts_at_the_backbone_and_trains_only_the_method_and_embed
   assert dense and all(not l.kernel.trainable and not l.bias.trainable for l in dense)
 
   frozen = {w.name: w.numpy() for w in model.non_trainable_weights if _short_name(w) not in STATE}
-  _fit(model, _features(seed=4))
+  _fit(model, _features(n=128, seed=4))
   for weight in model.non_trainable_weights:
     if weight.name in frozen:
       np.testing.assert_array_equal(weight.numpy(), frozen[weight.name])
@@ -141,7 +131,7 @@ def test_mlora_adapts_every_star_and_plain_dense_layer(backbone):
 
 @pytest.mark.parametrize('backbone', BACKBONES)
 def test_no_domain_predictions_do_not_depend_on_the_domain(backbone):
-  model = _fit(_build(backbone, 'no_domain'), _features(seed=5))
+  model = _fit(_build(backbone, 'no_domain'), _features(n=128, seed=5))
   assert 'embedding_domain_index' not in {l.name for l in model.layers}
   predictions = [model(_features(n=16, seed=6, domains=[d] * 16)).numpy() for d in (0, 1, 2, SPEC.num_domains)]
   for other in predictions[1:]:
@@ -168,7 +158,7 @@ def test_separate_domains_share_no_trained_weight(backbone):
 
 def test_separate_scores_an_unknown_domain_by_the_pretrained_backbone():
   model, pretrained = _finetune_model('mlp', 'separate')
-  _fit(model, _features(seed=10))
+  _fit(model, _features(n=128, seed=10))
   unknown = _features(n=8, seed=11, domains=[SPEC.num_domains] * 8)  # Transform's index of an unknown domain
   np.testing.assert_allclose(model(unknown).numpy(), pretrained(unknown).numpy(), rtol=1e-6)
   known = _features(n=8, seed=11, domains=[0] * 8)
@@ -188,10 +178,10 @@ def test_adasparse_reports_each_layers_sparsity_in_the_fit_logs():
 
 
 def test_pepnet_gates_stay_in_zero_two_and_read_the_persona():
-  model = _fit(_build('mlp', 'pepnet'), _features(seed=13), epochs=4)
+  model = _fit(_build('mlp', 'pepnet'), _features(n=128, seed=13), epochs=4)
   gates = [l for l in model.layers if isinstance(l, GateNU)]
   assert {g.name for g in gates} == {'epnet_gate', 'ppnet_dense_0', 'ppnet_dense_1'}
-  outputs = tf_keras.Model(model.input, [g.output for g in gates])(_features(seed=14))
+  outputs = tf_keras.Model(model.input, [g.output for g in gates])(_features(n=128, seed=14))
   for output in outputs:
     assert np.all((output.numpy() > 0) & (output.numpy() < 2)) and not np.allclose(output.numpy(), 1.0)
   assert model.get_layer('ppnet_dense_0').input.shape[-1] == 8  # user and domain embeddings
@@ -204,7 +194,7 @@ def test_pepnet_rejects_a_persona_field_that_is_not_a_feature():
 
 @pytest.mark.parametrize('adaptation', ['star', 'adasparse', 'pepnet', 'separate'])
 def test_methods_add_weights_that_differ_by_domain(adaptation):
-  model = _fit(_build('mlp', adaptation), _features(seed=15), epochs=3)
+  model = _fit(_build('mlp', adaptation), _features(n=128, seed=15), epochs=3)
   features = _features(n=8, seed=16, domains=[0] * 8)
   swapped = dict(features, **{DOMAIN_INDEX: tf.fill([8], tf.constant(2, tf.int64))})
   assert not np.allclose(model(features).numpy(), model(swapped).numpy())
