@@ -36,6 +36,18 @@ def _task_thresholds(text: str):
     raise argparse.ArgumentTypeError(f'expected TASK=AUC pairs joined by ",", like cvr=0.6,ctcvr=0.6; got {text!r}')
 
 
+def _option(text: str):
+  """KEY=VALUE, VALUE read as JSON when it parses (numbers, lists, true/false), else as a string."""
+  key, sep, value = text.partition('=')
+  if not sep or not key:
+    raise argparse.ArgumentTypeError(f'expected KEY=VALUE, like adasparse_form=scaling or sparsity_range=[0.1,0.2]; '
+                                     f'got {text!r}')
+  try:
+    return key, json.loads(value)
+  except ValueError:
+    return key, value
+
+
 def _positive(kind):
   def parse(text):
     value = kind(text)
@@ -64,6 +76,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                       help=f'training batch size (default {defaults["batch_size"]})')
   parser.add_argument('--hidden-units', type=_hidden_units, default=None,
                       help=f'backbone MLP sizes (default {"-".join(map(str, defaults["hidden_units"]))})')
+  parser.add_argument('--pretrain-learning-rate', type=_positive(float), default=None,
+                      help=f'Adam learning rate of the pretrain stage (default {defaults["pretrain_learning_rate"]})')
+  parser.add_argument('--finetune-learning-rate', type=_positive(float), default=None,
+                      help=f'Adam learning rate of the fine-tune stage (default {defaults["finetune_learning_rate"]})')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--pretrain-adaptation', choices=sorted(ADAPTATIONS), default=None,
                    help='domain adaptation the pretrain Trainer trains end to end with the backbone (default none: '
                         'one shared model with the domain as a feature)')
+  run.add_argument('--adaptation-option', type=_option, action='append', default=None, metavar='KEY=VALUE',
+                   help='repeatable: a setting of the adaptation methods, like adasparse_form=scaling, '
+                        'sparsity_range=[0.1,0.2] or persona_fields=["user_id"] (models/adaptation)')
+  run.add_argument('--challenger', action='append', default=None, metavar='STAGE:ADAPTATION',
+                   help='repeatable: one more Trainer in the run, for comparison only (neither gated nor pushed): '
+                        'pretrain:ADAPTATION trains it end to end, finetune:ADAPTATION adds it to the pretrained '
+                        'backbone; `bench` scores these models')
   run.add_argument('--head', choices=sorted(HEADS), default=None,
                    help='multi-task head on its own MLP bottom, predicting click and conversion (ctr, cvr; ctcvr '
                         'for esmm), served and gated per task (default: the single-task click model)')
@@ -178,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
   simulate.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
   simulate.set_defaults(schema=None, rows=None, alpha=None, backbone=None, beam_arg=None,
                         transfer_source=None, head=None, balancing=None, pcgrad=None,
-                        task_min_auc=None)  # as `run` leaves them
+                        task_min_auc=None, challenger=None,
+                        adaptation_option=None)  # as `run` leaves them
 
   prepare = commands.add_parser(
       'prepare', help='turn a public dataset into the pipeline\'s raw, domain-tagged input',
@@ -213,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument('--methods', type=lambda text: text.split(','), default=['base', 'mlora'],
                      help='comma-separated methods (pipeline/bench.py METHODS): base, mlora, star, adasparse, pepnet '
                           '(fine-tuned on the frozen backbone), star_e2e, adasparse_e2e, pepnet_e2e (trained end to '
-                          'end), no_domain, separate (baselines); one pipeline run per distinct stage pair '
+                          'end), no_domain, separate (baselines); all trained in one pipeline run per cell '
                           '(default base,mlora)')
   bench.add_argument('--seeds', type=lambda text: [int(s) for s in text.split(',')], default=[0, 1, 2],
                      help='comma-separated training seeds (default 0,1,2)')
@@ -289,7 +313,8 @@ def run_bench(args) -> int:
     raise SystemExit(f'bench: {error}') from error
   training = bench.Training(
       pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps, eval_steps=args.eval_steps,
-      batch_size=args.batch_size, hidden_units='-'.join(map(str, args.hidden_units)) if args.hidden_units else None)
+      batch_size=args.batch_size, hidden_units='-'.join(map(str, args.hidden_units)) if args.hidden_units else None,
+      pretrain_learning_rate=args.pretrain_learning_rate, finetune_learning_rate=args.finetune_learning_rate)
   summary = bench.run_grid(cells, training, os.path.abspath(args.output_dir))
   print('\n' + bench.format_markdown(summary))
   print(f'results: {os.path.join(args.output_dir, bench.RESULTS_MD)}  total wall time: {time.time() - start:.0f} s')
@@ -401,13 +426,16 @@ def config_from_args(args):
 
   overrides = {
       'pretrain_steps': args.pretrain_steps, 'finetune_steps': args.finetune_steps, 'eval_steps': args.eval_steps,
-      'batch_size': args.batch_size, 'alpha': args.alpha, 'backbone': args.backbone, 'hidden_units': args.hidden_units,
+      'batch_size': args.batch_size, 'pretrain_learning_rate': args.pretrain_learning_rate,
+      'finetune_learning_rate': args.finetune_learning_rate, 'alpha': args.alpha, 'backbone': args.backbone, 'hidden_units': args.hidden_units,
       'adaptation': args.adaptation, 'pretrain_adaptation': args.pretrain_adaptation,
       'min_domain_auc': args.min_domain_auc, 'max_auc_drop': args.max_auc_drop,
       'head': args.head, 'balancing': args.balancing, 'pcgrad': args.pcgrad, 'task_min_auc': args.task_min_auc,
       'beam_pipeline_args': beam_pipeline_args(args.beam_runner, args.beam_arg),
       'transfer_source': os.path.abspath(args.transfer_source) if args.transfer_source else None,
       'onboard_domains': tuple(args.onboard_domains) if args.onboard_domains else None,
+      'challengers': tuple(args.challenger) if args.challenger else None,
+      'adaptation_options': dict(args.adaptation_option) if args.adaptation_option else None,
   }
   if args.onboard_domains and not os.path.isdir(os.path.join(output_dir, 'serving')):
     raise SystemExit(f'--onboard-domains trains new adapters on the production model, and {output_dir} has none '
@@ -452,7 +480,10 @@ def main(argv=None) -> int:
   from pipeline.report import format_table  # pylint: disable=g-import-not-at-top
 
   start = time.time()
-  config = config_from_args(args)
+  try:
+    config = config_from_args(args)
+  except ValueError as error:
+    raise SystemExit(f'run: {error}') from error
   try:
     report = run_pipeline(config)
   except DataValidationError as error:

@@ -1,7 +1,8 @@
 """TFX Trainer module: `pretrain_run_fn` trains the backbone on every domain, `finetune_run_fn` freezes its
 dense weights and trains one MLoRA adapter per domain (and the embeddings).
 
-Both export a TF Serving SavedModel (`serving_signatures`: `serving_default` on serialized tf.Example with
+Both keep the weights with the best validation AUC, the starting ones included (`BestValidationWeights`), and
+export a TF Serving SavedModel (`serving_signatures`: `serving_default` on serialized tf.Example with
 the Transform graph inside, `serving_raw` on named raw feature tensors, `classify` for TF Serving's Classify
 API, `transform_features` for the Evaluator) and keep the bare Keras model beside it in the same Model
 artifact, where the next stage loads it from.
@@ -65,11 +66,39 @@ class ThroughputLogger(tf_keras.callbacks.Callback):
     _LOG.info('epoch %d: %.0f training examples/s %s', epoch + 1, rate, metrics)
 
 
+class BestValidationWeights(tf_keras.callbacks.Callback):
+  """Keeps the weights with the highest validation AUC, `monitor` (`val_auc`; `val_ctr_auc` for a
+  multi-task model), among the starting weights and every epoch's end, and restores them when training
+  ends: a stage never exports a model that scores worse on validation than the one it started from (a
+  fine-tune that only overfits leaves the pretrained model as it was), nor a late, overfitted epoch.
+  `best_epoch` is 0 for the starting weights."""
+
+  def __init__(self, validation, monitor: str = 'val_auc'):
+    super().__init__()
+    self.validation, self.monitor = validation, monitor  # `validation`: the same finite batches as fit's
+
+  def on_train_begin(self, logs=None):
+    start = self.model.evaluate(self.validation, return_dict=True, verbose=0)
+    self.best, self.best_epoch, self.best_weights = start[self.monitor[len('val_'):]], 0, self.model.get_weights()
+    _LOG.info('starting weights: %s=%.4f', self.monitor, self.best)
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs[self.monitor] > self.best:
+      self.best, self.best_epoch, self.best_weights = logs[self.monitor], epoch + 1, self.model.get_weights()
+
+  def on_train_end(self, logs=None):
+    _LOG.info('keeping the weights of epoch %d (0: the starting weights): %s=%.4f', self.best_epoch, self.monitor,
+              self.best)
+    self.model.set_weights(self.best_weights)
+
+
 def input_fn(file_pattern, data_accessor, tf_transform_output, spec: FeatureSpec, batch_size: int, seed: int,
              feature_names, max_in_memory_examples: int = MAX_IN_MEMORY_EXAMPLES,
-             label_columns: Optional[Dict[str, str]] = None):
+             label_columns: Optional[Dict[str, str]] = None, validation_steps: Optional[int] = None):
   """Shuffled batches of (model features, click label) from Transform's materialized examples, repeated;
   with `label_columns` ({name: label column}, a multi-task model's) the labels are a dict of those columns.
+  With `validation_steps`, instead the same batches on every pass: the first `validation_steps` batches of
+  the split in file order, once, so that validation scores of different weights compare.
 
   Parsing gzipped tf.Examples costs about as much CPU as a training step of a small CTR model, so a split
   of up to `max_in_memory_examples` is parsed once, kept as tensors (a few dozen bytes an example), and
@@ -86,6 +115,8 @@ def input_fn(file_pattern, data_accessor, tf_transform_output, spec: FeatureSpec
                                        shuffle=num_epochs is None),
         tf_transform_output.transformed_metadata.schema).map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
+  if validation_steps:
+    return stream(batch_size, num_epochs=1).take(validation_steps).cache().prefetch(tf.data.AUTOTUNE)
   batches = []
   for batch in stream(IN_MEMORY_READ_BATCH, num_epochs=1):
     batches.append(batch)
@@ -173,7 +204,7 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   train = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
                    feature_names, label_columns=labels)
   evaluation = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
-                        feature_names, label_columns=labels)
+                        feature_names, label_columns=labels, validation_steps=fn_args.eval_steps)
   if multitask:  # the task losses, their balancing and per-task AUCs are the model's own train step
     model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']))
   else:
@@ -181,11 +212,14 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
                   loss=tf_keras.losses.BinaryCrossentropy(), metrics=[tf_keras.metrics.AUC(name='auc')])
   epochs, steps_per_epoch = epoch_plan(fn_args.train_steps)
   throughput = ThroughputLogger(batch_size, steps_per_epoch)
+  best = BestValidationWeights(evaluation, monitor=f'val_{model_lib.PREDICTION}_auc' if multitask else 'val_auc')
   model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=evaluation,
-            validation_steps=fn_args.eval_steps, callbacks=[throughput], verbose=0)
+            callbacks=[throughput, best], verbose=0)
   steady_rates = throughput.rates[1:] or throughput.rates  # the first epoch pays for tracing
   stats = {
       'examples_per_second': sum(steady_rates) / len(steady_rates),
+      'best_epoch': best.best_epoch,
+      'validation_auc': float(best.best),
       'parameters': model.count_params(),
       'trainable_parameters': int(sum(w.shape.num_elements() for w in model.trainable_weights)),
       'adapter_parameters_per_domain': int(sum(w.shape.num_elements() for w in model_lib.adaptation_weights(model))

@@ -1,16 +1,17 @@
 """The benchmark harness behind `tfx_runner.py bench`: a grid of dataset (with its domain split) x backbone x
 adaptation method x seed, run through the real pipeline and summarized as results.md, results.json and plots.
 
-One cell is one (dataset, backbone, pipeline run, seed): a `tfx_runner.py run` in a subprocess (its log in
-the cell's folder). Every adaptation method in METHODS is the model of one Trainer of a run: `base` and
-`+MLoRA` come from the default run (no adaptation, then MLoRA), the other methods from runs with other
-`--pretrain-adaptation` / `--adaptation`, one run per distinct pair. After the run, each method's SavedModel scores the dataset's test split in-process and
+One cell is one (dataset, backbone, seed): a `tfx_runner.py run` in a subprocess (its log in the cell's
+folder). Every adaptation method in METHODS is the model of one Trainer of that run: `base` and `+MLoRA`
+come from the pipeline's two stages (no adaptation, then MLoRA), the other methods from challenger Trainers
+beside them (`--challenger`), so every method sees the same transformed data and, fine-tuned, the same
+pretrained backbone. After the run, each method's SavedModel scores the dataset's test split in-process and
 models/metrics.py turns the scores into per-domain and overall metrics. Each finished cell appends one line
 to results.jsonl; a rerun on the same output folder with the same settings skips the cells found there.
 
 Layout of the output folder:
   data/<dataset>/                    prepared input, made once and reused (`data.prepare`)
-  cells/<dataset>/<backbone>[/<run>]/seed-<seed>/run.log, run/   the cell's pipeline log and output folder
+  cells/<dataset>/<backbone>/seed-<seed>/run.log, run/   the cell's pipeline log and output folder
   results.jsonl                      one line per finished cell
   results.md, results.json           the summary over seeds
   domain_auc_<dataset>_<backbone>.png, wauc_<dataset>.png
@@ -46,6 +47,7 @@ from models.backbones import BACKBONES
 from models.features import FeatureSpec
 from models.trainer import TRAINING_STATS_FILE, keras_model_path
 from pipeline.config import PipelineConfig
+from pipeline.pipeline import trainer_id
 from pipeline.report import latest_run_artifacts
 from schemas import SCHEMA_FILE, load_schema
 
@@ -57,42 +59,45 @@ SCORING_BATCH = 4096
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """An adaptation method: the model of one Trainer (`trainer`) of a pipeline run whose pretrain stage
-  trains `pretrain_adaptation` end to end and whose fine-tune stage adds `adaptation` to the frozen
-  backbone; compared with `baseline` (a METHODS key) in the paired t-test, or with nothing when it is the
-  baseline itself. Methods of the same run (`stages`) come from one pipeline run."""
+  """An adaptation method: the model of the pipeline's Trainer for `stage` with `adaptation` (`pretrain`:
+  trained end to end from scratch; `finetune`: added to the pretrained, frozen backbone), compared with
+  `baseline` (a METHODS key) in the paired t-test, or with nothing when it is the baseline itself. The
+  pipeline's own stages give `base` and `+MLoRA`; every other method is a challenger Trainer of the same
+  run (`PipelineConfig.challengers`)."""
   label: str
-  trainer: str
+  stage: str
+  adaptation: str
   baseline: Optional[str] = None
-  pretrain_adaptation: str = 'none'
-  adaptation: str = 'mlora'
 
   @property
-  def stages(self) -> Tuple[str, str]:
-    return self.pretrain_adaptation, self.adaptation
+  def challenger(self) -> Optional[str]:
+    """`stage:adaptation` for a challenger Trainer; None for one of the pipeline's own stages."""
+    return None if (self.stage, self.adaptation) in MAIN_STAGES else f'{self.stage}:{self.adaptation}'
+
+  @property
+  def trainer(self) -> str:
+    """The node id of the Trainer whose model this method is."""
+    return trainer_id(self.stage, self.adaptation if self.challenger else None)
 
 
+MAIN_STAGES = (('pretrain', 'none'), ('finetune', 'mlora'))  # the pipeline's defaults: base, then MLoRA
 BASELINE = 'base'
-PRETRAIN, FINETUNE = 'PretrainTrainer', 'FinetuneTrainer'
 METHODS: Dict[str, Method] = {
-    BASELINE: Method('base', trainer=PRETRAIN),
-    'mlora': Method('+MLoRA', trainer=FINETUNE, baseline=BASELINE),
+    BASELINE: Method('base', 'pretrain', 'none'),
+    'mlora': Method('+MLoRA', 'finetune', 'mlora', baseline=BASELINE),
     # The alternatives, fine-tuned on the frozen pretrained backbone as MLoRA is ...
-    'star': Method('+STAR', trainer=FINETUNE, baseline=BASELINE, adaptation='star'),
-    'adasparse': Method('+AdaSparse', trainer=FINETUNE, baseline=BASELINE, adaptation='adasparse'),
-    'pepnet': Method('+PEPNet', trainer=FINETUNE, baseline=BASELINE, adaptation='pepnet'),
-    # ... and trained end to end with the backbone.
-    'star_e2e': Method('STAR end to end', trainer=PRETRAIN, baseline=BASELINE, pretrain_adaptation='star'),
-    'adasparse_e2e': Method('AdaSparse end to end', trainer=PRETRAIN, baseline=BASELINE,
-                            pretrain_adaptation='adasparse'),
-    'pepnet_e2e': Method('PEPNet end to end', trainer=PRETRAIN, baseline=BASELINE, pretrain_adaptation='pepnet'),
+    'star': Method('+STAR', 'finetune', 'star', baseline=BASELINE),
+    'adasparse': Method('+AdaSparse', 'finetune', 'adasparse', baseline=BASELINE),
+    'pepnet': Method('+PEPNet', 'finetune', 'pepnet', baseline=BASELINE),
+    # ... and trained end to end.
+    'star_e2e': Method('STAR end to end', 'pretrain', 'star', baseline=BASELINE),
+    'adasparse_e2e': Method('AdaSparse end to end', 'pretrain', 'adasparse', baseline=BASELINE),
+    'pepnet_e2e': Method('PEPNet end to end', 'pretrain', 'pepnet', baseline=BASELINE),
     # Baselines beside `base` (one shared model with the domain as a feature).
-    'no_domain': Method('shared, no domain input', trainer=PRETRAIN, baseline=BASELINE,
-                        pretrain_adaptation='no_domain'),
-    'separate': Method('one model per domain', trainer=PRETRAIN, baseline=BASELINE, pretrain_adaptation='separate'),
+    'no_domain': Method('shared, no domain input', 'pretrain', 'no_domain', baseline=BASELINE),
+    'separate': Method('one model per domain', 'pretrain', 'separate', baseline=BASELINE),
 }
 DEFAULT_METHODS = (BASELINE, 'mlora')
-DEFAULT_STAGES = METHODS[BASELINE].stages
 SYNTHETIC = 'synthetic'
 
 
@@ -138,6 +143,8 @@ class Training:
   eval_steps: Optional[int] = None
   batch_size: Optional[int] = None
   hidden_units: Optional[str] = None  # like '256-128-64'
+  pretrain_learning_rate: Optional[float] = None
+  finetune_learning_rate: Optional[float] = None
 
   def flags(self) -> List[str]:
     """The command-line flags of the options that are set."""
@@ -151,46 +158,39 @@ class Training:
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-  """One pipeline run of the grid: its `stages` (pretrain adaptation, fine-tune adaptation) and the
-  `methods` scored from it."""
+  """One pipeline run of the grid and the `methods` scored from it."""
   dataset: Dataset
   backbone: str
   seed: int
-  stages: Tuple[str, str] = DEFAULT_STAGES
   methods: Tuple[str, ...] = DEFAULT_METHODS
-
-  @property
-  def run_name(self) -> Optional[str]:
-    """Names a run other than the default one (`star+mlora`: STAR end to end, then MLoRA); None for it."""
-    return None if self.stages == DEFAULT_STAGES else '+'.join(self.stages)
 
   @property
   def key(self) -> str:
     """Names the cell in progress lines and records."""
-    run = f' {self.run_name}' if self.run_name else ''
-    return f'{self.dataset.key} {self.backbone}{run} seed={self.seed}'
+    return f'{self.dataset.key} {self.backbone} seed={self.seed}'
+
+  @property
+  def challengers(self) -> List[str]:
+    """The `--challenger` values that train the methods other than the pipeline's own stages."""
+    return [METHODS[name].challenger for name in self.methods if METHODS[name].challenger]
 
   def folder(self, output_dir: str) -> str:
     """Holds the cell's pipeline log and output folder."""
-    run = [self.run_name] if self.run_name else []
-    return os.path.join(output_dir, 'cells', self.dataset.folder, self.backbone, *run, f'seed-{self.seed}')
+    return os.path.join(output_dir, 'cells', self.dataset.folder, self.backbone, f'seed-{self.seed}')
 
 
 def build_grid(datasets: Sequence[Dataset], backbones: Sequence[str], seeds: Sequence[int],
                methods: Sequence[str] = DEFAULT_METHODS) -> List[Cell]:
-  """Every (dataset, backbone, pipeline run, seed) in that nesting order, one pipeline run per distinct
-  `stages` of `methods`; ValueError for an unknown backbone or method."""
+  """Every (dataset, backbone, seed) in that nesting order, each one pipeline run training every method;
+  ValueError for an unknown backbone or method."""
   unknown = [b for b in backbones if b not in BACKBONES]
   if unknown:
     raise ValueError(f'Unknown backbones {unknown}; expected some of {sorted(BACKBONES)}.')
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise ValueError(f'Unknown methods {unknown}; expected some of {list(METHODS)}.')
-  runs: Dict[Tuple[str, str], List[str]] = {}
-  for name in methods:
-    runs.setdefault(METHODS[name].stages, []).append(name)
-  return [Cell(dataset, backbone, seed, stages, tuple(names))
-          for dataset, backbone, (stages, names), seed in itertools.product(datasets, backbones, runs.items(), seeds)]
+  return [Cell(dataset, backbone, seed, tuple(methods))
+          for dataset, backbone, seed in itertools.product(datasets, backbones, seeds)]
 
 
 # --- Data ----------------------------------------------------------------------------------------------
@@ -277,8 +277,8 @@ def run_cell(cell: Cell, training: Training, output_dir: str) -> dict:
   shutil.rmtree(run_dir, ignore_errors=True)  # left by an interrupted attempt: start from an empty store
   os.makedirs(folder, exist_ok=True)
   command = [sys.executable, TFX_RUNNER, 'run', '--data-path', data_path, '--output-dir', run_dir,
-             '--backbone', cell.backbone, '--seed', str(cell.seed), '--pretrain-adaptation', cell.stages[0],
-             '--adaptation', cell.stages[1], *training.flags()]
+             '--backbone', cell.backbone, '--seed', str(cell.seed), *training.flags(),
+             *[f'--challenger={challenger}' for challenger in cell.challengers]]
   with open(log_path, 'w') as log:
     log.write(' '.join(command) + '\n')
     log.flush()
@@ -295,7 +295,7 @@ def run_cell(cell: Cell, training: Training, output_dir: str) -> dict:
 def cell_identity(cell: Cell, training: Training) -> dict:
   """The fields that tell whether a record answers this cell: same cell, same data, same training."""
   return {'cell': cell.key, 'dataset': cell.dataset.key, 'data': cell.dataset.folder, 'backbone': cell.backbone,
-          'seed': cell.seed, 'stages': list(cell.stages), 'methods_run': list(cell.methods),
+          'seed': cell.seed, 'methods_run': list(cell.methods),
           'training': dataclasses.asdict(training)}
 
 
@@ -370,26 +370,12 @@ def _method_row(backbone: str, name: str, records: Sequence[dict]) -> dict:
   }
 
 
-def _merge_runs(records: Sequence[dict]) -> List[dict]:
-  """One record per (dataset, backbone, seed): the methods of its pipeline runs together, their wall
-  times added."""
-  merged: Dict[tuple, dict] = {}
-  for record in records:
-    key = record['dataset'], record['backbone'], record['seed']
-    if key not in merged:
-      merged[key] = {**record, 'methods': dict(record['methods'])}
-    else:
-      merged[key]['methods'].update(record['methods'])
-      merged[key]['wall_seconds'] += record['wall_seconds']
-  return list(merged.values())
-
-
 def summarize(records: Sequence[dict]) -> dict:
   """{'datasets': {dataset: {'domains', 'rows'}}, 'cells', 'cells_wall_seconds'} over the records of one
   grid: a row per backbone x method (in METHODS order) with mean and std over seeds, and the paired
   t-test p-value of each method's WAUC against its baseline's."""
   by_dataset: Dict[str, Dict[str, List[dict]]] = {}
-  for record in _merge_runs(records):
+  for record in records:
     by_dataset.setdefault(record['dataset'], {}).setdefault(record['backbone'], []).append(record)
   datasets = {}
   for dataset, by_backbone in by_dataset.items():

@@ -66,6 +66,9 @@ class PipelineConfig:
   hidden_units: Tuple[int, ...] = (256, 128, 64)
   embedding_dim: int = 16
   alpha: int = 8
+  # Further settings of the adaptation methods (models/adaptation; ADAPTATION_OPTIONS): AdaSparse's
+  # adasparse_form, sparsity_range, ..., PEPNet's gate_hidden_units and persona_fields.
+  adaptation_options: Dict[str, object] = dataclasses.field(default_factory=dict)
   batch_size: int = 1024
   pretrain_steps: int = 1600
   finetune_steps: int = 300
@@ -101,6 +104,11 @@ class PipelineConfig:
   # was trained. The run trains their MLoRA adapters alone on that model, skipping the pretrain stage;
   # every other weight stays as in production (models/onboarding.py).
   onboard_domains: Tuple[str, ...] = ()
+  # Challengers: more Trainers in the same run, for comparing methods on the same data and backbone
+  # (`tfx_runner.py bench`). Each is `stage:adaptation`: `pretrain:star` trains STAR end to end beside the
+  # pretrain stage, `finetune:pepnet` adds PEPNet to the pretrained backbone beside the fine-tune stage. Only
+  # the fine-tune stage's model is evaluated, gated and pushed.
+  challengers: Tuple[str, ...] = ()
   data_format: Optional[str] = None  # 'csv' or 'tfrecord'; None: from the files
   data_splits: Optional[Tuple[str, ...]] = None  # with data_format: the split folders, or None for a hash split
   # Reuse the outputs of components whose inputs and settings did not change (a re-run after a failure).
@@ -119,9 +127,34 @@ class PipelineConfig:
     if self.onboard_domains and (self.adaptation != 'mlora' or self.head or self.transfer_source):
       raise ValueError('onboard_domains trains new MLoRA adapters on the production model: it needs adaptation '
                        '"mlora", without head or transfer_source.')
+    from models.adaptation import ADAPTATION_OPTIONS  # pylint: disable=g-import-not-at-top  # imports TF
+    settable = [o for o in ADAPTATION_OPTIONS if o not in ('alpha', 'trainable_domains')]  # own fields/onboarding
+    unknown = sorted(set(self.adaptation_options) - set(settable))
+    if unknown:
+      raise ValueError(f'Unknown adaptation options {unknown}: expected some of {settable} (MLoRA\'s rank divisor '
+                       'is `alpha`).')
+    for stage, adaptation in self.challenger_stages():
+      if (stage, adaptation) in (('pretrain', self.pretrain_adaptation), ('finetune', self.adaptation)):
+        raise ValueError(f'challenger {stage}:{adaptation} is the {stage} stage itself.')
+    if self.challengers and (self.onboard_domains or self.transfer_source):
+      raise ValueError('challengers compare methods on a freshly pretrained backbone: not with onboard_domains or '
+                       'transfer_source.')
     if self.head and self.transfer_source:  # CTNet's adapters join the backbone's dense_0, dense_1, ... layers
       raise ValueError('transfer_source (CTNet) adapts the backbone\'s hidden layers, which a multi-task head '
                        'replaces: set head or transfer_source, not both.')
+
+  def challenger_stages(self) -> List[Tuple[str, str]]:
+    """The challengers as (stage, adaptation) pairs; ValueError for one not written `stage:adaptation` with
+    stage pretrain or finetune and a known adaptation."""
+    from models.adaptation import ADAPTATIONS  # pylint: disable=g-import-not-at-top
+    pairs = []
+    for text in self.challengers:
+      stage, _, adaptation = text.partition(':')
+      if stage not in ('pretrain', 'finetune') or adaptation not in ADAPTATIONS:
+        raise ValueError(f'challenger {text!r}: expected pretrain:ADAPTATION or finetune:ADAPTATION, ADAPTATION one '
+                         f'of {sorted(ADAPTATIONS)}.')
+      pairs.append((stage, adaptation))
+    return pairs
 
   def input_layout(self) -> Tuple[str, Optional[List[str]]]:
     """(format, split folders or None for a hash split) of the input ExampleGen reads: as configured, or
@@ -144,15 +177,15 @@ class PipelineConfig:
     """TF Serving's model base path: versions land in `<serving_dir>/<version>/`."""
     return os.path.join(self.output_dir, 'serving', self.model_name)
 
-  def trainer_config(self, stage: str) -> dict:
-    """The `custom_config` a Trainer stage reads."""
+  def trainer_config(self, stage: str, adaptation: Optional[str] = None) -> dict:
+    """The `custom_config` a Trainer stage reads; `adaptation` replaces the stage's own (a challenger's)."""
     return {
         'feature_spec': self.feature_spec.to_dict(),
         'backbone': self.backbone,
         'hidden_units': list(self.hidden_units),
         'embedding_dim': self.embedding_dim,
-        'adaptation': self.pretrain_adaptation if stage == 'pretrain' else self.adaptation,
-        'adaptation_options': {'alpha': self.alpha},
+        'adaptation': adaptation or (self.pretrain_adaptation if stage == 'pretrain' else self.adaptation),
+        'adaptation_options': {**self.adaptation_options, 'alpha': self.alpha},
         'batch_size': self.batch_size,
         'learning_rate': self.pretrain_learning_rate if stage == 'pretrain' else self.finetune_learning_rate,
         'seed': self.seed,

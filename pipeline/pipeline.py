@@ -14,9 +14,13 @@ from models import heads
 from pipeline.config import SPAN_FOLDER, PipelineConfig
 
 PREPROCESSING_FN = 'models.preprocessing.preprocessing_fn'
-PRETRAIN_RUN_FN = 'models.trainer.pretrain_run_fn'
-FINETUNE_RUN_FN = 'models.trainer.finetune_run_fn'
+STAGE_RUN_FNS = {'pretrain': 'models.trainer.pretrain_run_fn', 'finetune': 'models.trainer.finetune_run_fn'}
 PREDICTION_KEY = 'ctr'
+
+
+def trainer_id(stage: str, challenger: Optional[str] = None) -> str:
+  """The node id of a stage's Trainer (`PretrainTrainer`), or of a challenger's (`FinetuneTrainer_star`)."""
+  return f'{stage.capitalize()}Trainer' + (f'_{challenger}' if challenger else '')
 
 
 def example_gen(config: PipelineConfig):
@@ -105,15 +109,15 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
       custom_config={'feature_spec': config.feature_spec.to_dict()})
   transform.add_upstream_node(gate)  # no feature engineering, hence no training, on data that failed validation
 
-  def trainer(stage: str, run_fn: str, steps: int, base_model=None, source_model=None):
+  def trainer(stage: str, steps: int, base_model=None, source_model=None, adaptation=None):
     make = tfx.components.Trainer if source_model is None else functools.partial(CTNetTrainer,
                                                                                  source_model=source_model)
     return make(
-        run_fn=run_fn, examples=transform.outputs['transformed_examples'],
+        run_fn=STAGE_RUN_FNS[stage], examples=transform.outputs['transformed_examples'],
         transform_graph=transform.outputs['transform_graph'], schema=schema.outputs['schema'],
         base_model=base_model, train_args=tfx.proto.TrainArgs(num_steps=steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
-        custom_config=config.trainer_config(stage))
+        custom_config=config.trainer_config(stage, adaptation))
 
   latest_blessed = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -123,13 +127,19 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
   # CTNet (`transfer_source`): the source model is resolved when the run starts, and the pretrain stage builds
   # CTNet's target tower beside it (the same run_fn, which the CTNet Trainer also hands the source model).
   source = SourceModelResolver(source=config.transfer_source) if config.transfer_source else None
-  pretrain = trainer('pretrain', PRETRAIN_RUN_FN, config.pretrain_steps,
+  pretrain = trainer('pretrain', config.pretrain_steps,
                      base_model=latest_blessed.outputs['model'] if config.warm_start else None,
-                     source_model=source.outputs['model'] if source else None).with_id('PretrainTrainer')
+                     source_model=source.outputs['model'] if source else None).with_id(trainer_id('pretrain'))
   # Onboarding new domains trains their adapters alone on the production model: nothing is pretrained,
   # and the production model is the "before" of the report.
   before = latest_blessed.outputs['model'] if config.onboard_domains else pretrain.outputs['model']
-  finetune = trainer('finetune', FINETUNE_RUN_FN, config.finetune_steps, base_model=before).with_id('FinetuneTrainer')
+  finetune = trainer('finetune', config.finetune_steps, base_model=before).with_id(trainer_id('finetune'))
+  # Challengers train beside the stages (pretrain from scratch, fine-tune on the same pretrained backbone)
+  # for offline comparison; nothing downstream reads their models.
+  challengers = [trainer(stage, config.pretrain_steps if stage == 'pretrain' else config.finetune_steps,
+                         base_model=None if stage == 'pretrain' else pretrain.outputs['model'],
+                         adaptation=adaptation).with_id(trainer_id(stage, adaptation))
+                 for stage, adaptation in config.challenger_stages()]
 
   # The pretrained backbone is scored on the same split, without a gate, for the before/after report.
   split = evaluation_split(config)
@@ -145,7 +155,7 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
           filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)))
 
   components: List = [examples, statistics, schema, validator, gate, transform, finetune, pretrain_evaluator,
-                      latest_blessed, evaluator, pusher] + ([source] if source else [])
+                      latest_blessed, evaluator, pusher] + ([source] if source else []) + challengers
   if not config.onboard_domains:
     components.append(pretrain)
   return tfx.dsl.Pipeline(

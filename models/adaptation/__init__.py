@@ -7,3 +7,4 @@ from models.adaptation.pepnet import PEPNet
 from models.adaptation.star import Star
 
 ADAPTATIONS = {cls.name: cls for cls in (DomainAdaptation, MLoRA, Star, AdaSparse, PEPNet, NoDomain, Separate)}
+ADAPTATION_OPTIONS = sorted({name for cls in ADAPTATIONS.values() for name in cls.option_names})

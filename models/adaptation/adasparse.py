@@ -17,6 +17,7 @@ class AdaSparse(DomainAdaptation):
   `anneal_steps` (over which alpha goes from the paper's 0.1 to 5 and the weight rises: 1000).
   """
   name = 'adasparse'
+  option_names = ('adasparse_form', 'adasparse_epsilon', 'sparsity_range', 'sparsity_weight', 'anneal_steps')
 
   def __init__(self, spec, domain_index, freeze_base=False, options=None):
     super().__init__(spec, domain_index, freeze_base, options)

@@ -23,6 +23,7 @@ class DomainAdaptation:
     options: Method settings (e.g. MLoRA's `alpha`); each method reads its own keys and ignores others.
   """
   name = 'none'
+  option_names = ()  # the `options` keys the method reads
 
   def __init__(self, spec, domain_index, freeze_base: bool = False, options: dict = None):
     self.spec = spec

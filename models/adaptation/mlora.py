@@ -8,6 +8,7 @@ class MLoRA(DomainAdaptation):
   `alpha`, default 8); `B_d = 0` at init, so the model starts as its backbone. Option
   `trainable_domains` (domain indices) trains those domains' adapters alone: onboarding a new domain."""
   name = 'mlora'
+  option_names = ('alpha', 'trainable_domains')
 
   def dense(self, units, activation, name, layer_class=DomainLoRADense, **layer_kwargs):
     layer = layer_class(units, num_domains=self.spec.num_domains,

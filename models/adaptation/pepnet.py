@@ -24,6 +24,7 @@ class PEPNet(DomainAdaptation):
   PPNet's gates see the domain alone. Option `gate_hidden_units`: the Gate NUs' bottleneck (default 64).
   """
   name = 'pepnet'
+  option_names = ('gate_hidden_units', 'persona_fields')
 
   def __init__(self, spec, domain_index, freeze_base=False, options=None):
     super().__init__(spec, domain_index, freeze_base, options)

@@ -58,3 +58,12 @@ def test_each_epoch_sees_every_example_once(transformed, max_in_memory):
   if max_in_memory:
     assert collections.Counter(second) == collections.Counter(range(EXAMPLES))
     assert not np.array_equal(first, second)  # a fresh order every epoch
+
+
+def test_validation_batches_are_the_same_on_every_pass(transformed):
+  path, output = transformed
+  dataset = input_fn(path, _Accessor, output, SPEC, batch_size=100, seed=0, feature_names=[DOMAIN_INDEX],
+                     validation_steps=4)
+  passes = [np.concatenate([f[DOMAIN_INDEX].numpy().reshape(-1) for f, _ in dataset]) for _ in range(2)]
+  np.testing.assert_array_equal(passes[0], np.arange(400))  # the first 4 batches, in file order, once
+  np.testing.assert_array_equal(passes[1], passes[0])

@@ -121,29 +121,27 @@ def test_run_grid_resumes_after_the_cells_in_the_jsonl(tmp_path, records, capsys
   assert started == [cells[5]]  # only the failed cell again
 
 
-def test_one_pipeline_run_per_stage_pair():
-  cells = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0], ['base', 'mlora', 'star', 'star_e2e', 'separate'])
-  assert [(c.stages, c.methods) for c in cells] == [
-      (('none', 'mlora'), ('base', 'mlora')), (('none', 'star'), ('star',)),
-      (('star', 'mlora'), ('star_e2e',)), (('separate', 'mlora'), ('separate',))]
-  assert [c.key for c in cells[:2]] == ['movielens:gender mlp seed=0', 'movielens:gender mlp none+star seed=0']
-  assert cells[1].folder('out') == os.path.join('out', 'cells', 'movielens-gender', 'mlp', 'none+star', 'seed-0')
+def test_one_pipeline_run_per_cell_with_the_other_methods_as_challengers():
+  cells = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0, 1], ['base', 'mlora', 'star', 'star_e2e', 'separate'])
+  assert [(c.seed, c.methods) for c in cells] == [(s, ('base', 'mlora', 'star', 'star_e2e', 'separate')) for s in (0, 1)]
+  assert cells[0].challengers == ['finetune:star', 'pretrain:star', 'pretrain:separate']
+  assert [bench.METHODS[m].trainer for m in cells[0].methods] == [
+      'PretrainTrainer', 'FinetuneTrainer', 'FinetuneTrainer_star', 'PretrainTrainer_star', 'PretrainTrainer_separate']
+  assert cells[0].key == 'movielens:gender mlp seed=0'
+  assert cells[1].folder('out') == os.path.join('out', 'cells', 'movielens-gender', 'mlp', 'seed-1')
   with pytest.raises(ValueError, match='lora'):
     bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0], ['lora'])
 
 
-def test_summary_merges_the_runs_of_a_seed(records):
-  star_cells = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0, 1, 2], ['star'])
-  star_records = [{**bench.cell_identity(cell, TRAINING), 'wall_seconds': 50.0,
-                   'methods': {'star': _method_result(w, {'F': w, 'M': w}, adapter_parameters=80)}}
-                  for cell, w in zip(star_cells, [0.71, 0.72, 0.74])]
-  summary = bench.summarize(records + star_records)
-  assert summary['cells'] == 6
-  rows = summary['datasets']['movielens:gender']['rows']
+def test_summary_compares_every_method_with_base(records):
+  star_wauc = [0.71, 0.72, 0.74]
+  for record, wauc in zip(records, star_wauc):
+    record['methods']['star'] = _method_result(wauc, {'F': wauc, 'M': wauc}, adapter_parameters=80)
+  rows = bench.summarize(records)['datasets']['movielens:gender']['rows']
   assert [row['label'] for row in rows] == ['base', '+MLoRA', '+STAR']
-  assert rows[2]['wauc_p_value'] == pytest.approx(bench.paired_p_value({0: 0.71, 1: 0.72, 2: 0.74},
+  assert rows[2]['wauc_p_value'] == pytest.approx(bench.paired_p_value(dict(enumerate(star_wauc)),
                                                                        dict(enumerate(BASE_WAUC))))
-  assert rows[2]['cell_wall_seconds'] == pytest.approx(101.0 + 50.0)
+  assert rows[2]['adapter_parameters_per_domain'] == 80
 
 
 def test_dataset_names():
@@ -172,22 +170,26 @@ def test_test_split_becomes_typed_serving_examples(tmp_path):
 
 @pytest.mark.e2e
 def test_bench_command_runs_a_cell_once(tmp_path, capsys):
+  """One real pipeline run trains base, MLoRA and a challenger (STAR end to end); all three are scored."""
   output_dir = tmp_path / 'bench'
   argv = ['bench', '--output-dir', str(output_dir), '--datasets', 'synthetic', '--rows', '3000',
-          '--backbones', 'mlp', '--seeds', '0', *TRAINING.flags()]
+          '--backbones', 'mlp', '--seeds', '0', '--methods', 'base,mlora,star_e2e', *TRAINING.flags()]
   assert tfx_runner.main(argv) == 0
   assert '[1/1] synthetic mlp seed=0 done in' in capsys.readouterr().out
   summary = json.loads((output_dir / bench.RESULTS_JSON).read_text())
-  base, mlora = summary['datasets']['synthetic']['rows']
-  for row in (base, mlora):
+  base, mlora, star = summary['datasets']['synthetic']['rows']
+  assert star['label'] == 'STAR end to end'
+  for row in (base, mlora, star):
     assert 0.3 < row['wauc']['mean'] < 1 and 0.3 < row['auc']['mean'] < 1 and 0 < row['logloss']['mean'] < 1
     assert len(row['domains']) == 7 and row['examples_per_second'] > 0 and row['cell_wall_seconds'] > 0
   assert base['adapter_parameters_per_domain'] == 0 < mlora['adapter_parameters_per_domain']
   assert mlora['parameters'] == base['parameters'] + 7 * mlora['adapter_parameters_per_domain']
+  assert star['parameters'] > base['parameters'] and star['wauc']['mean'] != base['wauc']['mean']
   assert '| mlp | +MLoRA | 1 |' in (output_dir / bench.RESULTS_MD).read_text()
   assert all(os.path.getsize(path) > 1000 for path in summary['plots'])
 
   log = output_dir / 'cells' / 'synthetic-3000' / 'mlp' / 'seed-0' / 'run.log'
+  assert '--challenger=pretrain:star' in log.read_text().splitlines()[0]
   log_written = log.stat().st_mtime_ns
   assert tfx_runner.main(argv) == 0
   assert '[1/1] synthetic mlp seed=0 finished earlier, skipped' in capsys.readouterr().out

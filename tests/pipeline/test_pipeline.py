@@ -1,10 +1,13 @@
 """Pipeline construction: components, order and wiring, without running anything."""
+import json
+
 import pytest
 
 from data import synthetic
 from pipeline.config import PipelineConfig, input_format, input_splits
 from pipeline.pipeline import create_pipeline, eval_config
 import schemas
+import tfx_runner
 
 
 def _config(tmp_path, **overrides):
@@ -35,6 +38,53 @@ def test_wiring(tmp_path):
   assert components['Evaluator'].inputs['baseline_model'].producer_component_id == 'LatestBlessedModelResolver'
   assert components['PretrainEvaluator'].inputs['model'].producer_component_id == 'PretrainTrainer'
   assert components['Pusher'].inputs['model_blessing'].producer_component_id == 'Evaluator'
+
+
+def test_challengers_train_beside_the_stages_and_are_not_pushed(tmp_path):
+  config = _config(tmp_path, challengers=('finetune:star', 'pretrain:separate'))
+  components = {c.id: c for c in create_pipeline(config).components}
+  star, separate = components['FinetuneTrainer_star'], components['PretrainTrainer_separate']
+  assert star.inputs['base_model'].producer_component_id == 'PretrainTrainer'  # the same backbone as MLoRA
+  assert star.exec_properties['run_fn'] == 'models.trainer.finetune_run_fn'
+  assert 'base_model' not in separate.inputs or not separate.inputs['base_model']
+  assert separate.exec_properties['run_fn'] == 'models.trainer.pretrain_run_fn'
+  assert json.loads(star.exec_properties['custom_config'])['adaptation'] == 'star'
+  assert json.loads(separate.exec_properties['custom_config'])['adaptation'] == 'separate'
+  assert json.loads(components['FinetuneTrainer'].exec_properties['custom_config'])['adaptation'] == 'mlora'
+  assert components['Evaluator'].inputs['model'].producer_component_id == 'FinetuneTrainer'
+
+
+@pytest.mark.parametrize('challenger, message', [('finetune:lora', 'lora'), ('star', 'star'),
+                                                 ('finetune:mlora', 'is the finetune stage itself')])
+def test_bad_challenger_is_a_clear_error(tmp_path, challenger, message):
+  with pytest.raises(ValueError, match=message):
+    create_pipeline(_config(tmp_path, challengers=(challenger,)))
+
+
+def test_adaptation_options_reach_every_trainer(tmp_path):
+  options = {'adasparse_form': 'scaling', 'sparsity_range': [0.1, 0.2]}
+  config = _config(tmp_path, adaptation='adasparse', adaptation_options=options, alpha=4)
+  for node in ('PretrainTrainer', 'FinetuneTrainer'):
+    custom = json.loads({c.id: c for c in create_pipeline(config).components}[node].exec_properties['custom_config'])
+    assert custom['adaptation_options'] == {**options, 'alpha': 4}
+
+
+@pytest.mark.parametrize('options', [{'adasparse_from': 'scaling'}, {'alpha': 4}, {'trainable_domains': ['a']}])
+def test_unknown_adaptation_option_names_the_known_ones(tmp_path, options):
+  with pytest.raises(ValueError, match=f'{list(options)[0]}.*adasparse_form'):
+    _config(tmp_path, adaptation_options=options)
+
+
+def test_adaptation_option_flags_are_read_as_json(tmp_path):
+  args = tfx_runner.build_parser().parse_args(
+      ['run', '--output-dir', str(tmp_path), '--adaptation-option', 'adasparse_form=scaling',
+       '--adaptation-option', 'sparsity_range=[0.1,0.2]', '--challenger', 'finetune:adasparse'])
+  config = tfx_runner.config_from_args(args)
+  assert config.adaptation_options == {'adasparse_form': 'scaling', 'sparsity_range': [0.1, 0.2]}
+  assert config.challengers == ('finetune:adasparse',)
+  with pytest.raises(SystemExit, match='adasparse_from'):
+    tfx_runner.main(['run', '--output-dir', str(tmp_path / 'x'), '--rows', '100',
+                     '--adaptation-option', 'adasparse_from=scaling'])
 
 
 def test_gate_thresholds_every_slice_and_wauc(tmp_path):
