@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument('--methods', type=lambda text: text.split(','), default=['base', 'mlora'],
                      help='comma-separated methods (pipeline/bench.py METHODS): base, mlora, star, adasparse, pepnet '
                           '(fine-tuned on the frozen backbone), star_e2e, adasparse_e2e, pepnet_e2e (trained end to '
-                          'end), no_domain, separate (baselines); all trained in one pipeline run per cell '
+                          'end), no_domain, separate (baselines), no_adapter (the fine-tune stage without a method: the '
+                          'control); all trained in one pipeline run per cell '
                           '(default base,mlora)')
   bench.add_argument('--seeds', type=lambda text: [int(s) for s in text.split(',')], default=[0, 1, 2],
                      help='comma-separated training seeds (default 0,1,2)')

@@ -93,9 +93,12 @@ METHODS: Dict[str, Method] = {
     'star_e2e': Method('STAR end to end', 'pretrain', 'star', baseline=BASELINE),
     'adasparse_e2e': Method('AdaSparse end to end', 'pretrain', 'adasparse', baseline=BASELINE),
     'pepnet_e2e': Method('PEPNet end to end', 'pretrain', 'pepnet', baseline=BASELINE),
-    # Baselines beside `base` (one shared model with the domain as a feature).
+    # Baselines beside `base` (one shared model with the domain as a feature) ...
     'no_domain': Method('shared, no domain input', 'pretrain', 'no_domain', baseline=BASELINE),
     'separate': Method('one model per domain', 'pretrain', 'separate', baseline=BASELINE),
+    # ... and the control of the fine-tuned methods: the same stage without a method (frozen backbone,
+    # embeddings trained), which tells what the methods add beyond the stage's extra training.
+    'no_adapter': Method('+fine-tune, no adapter', 'finetune', 'none', baseline=BASELINE),
 }
 DEFAULT_METHODS = (BASELINE, 'mlora')
 SYNTHETIC = 'synthetic'
@@ -364,6 +367,7 @@ def _method_row(backbone: str, name: str, records: Sequence[dict]) -> dict:
       'trainable_parameters': results[0]['trainable_parameters'],
       'adapter_parameters_per_domain': results[0]['adapter_parameters_per_domain'],
       'examples_per_second': float(np.mean([x['examples_per_second'] for x in results])),
+      'kept_epochs': [x.get('best_epoch') for x in results],  # the Trainer's best validation epoch, 0: its start
       'cell_wall_seconds': float(np.mean([r['wall_seconds'] for r in records])),
       'baseline': METHODS[name].baseline,
       'wauc_p_value': None,
@@ -401,18 +405,39 @@ def _number(value: Optional[float], spec: str = '.4f') -> str:
   return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def wauc_table(table: dict) -> List[str]:
+  """The MLoRA paper's layout: a row per backbone, a column per method, cells WAUC (mean over seeds), with
+  each method's change against its baseline in parentheses."""
+  methods = [name for name in METHODS if any(row['method'] == name for row in table['rows'])]
+  by_cell = {(row['backbone'], row['method']): row for row in table['rows']}
+  lines = ['| backbone | ' + ' | '.join(METHODS[m].label for m in methods) + ' |', '|' + '---|' * (len(methods) + 1)]
+  for backbone in dict.fromkeys(row['backbone'] for row in table['rows']):
+    cells = []
+    for name in methods:
+      row, base = by_cell.get((backbone, name)), by_cell.get((backbone, METHODS[name].baseline))
+      if row is None:
+        cells.append('-')
+        continue
+      change = f' ({row["wauc"]["mean"] - base["wauc"]["mean"]:+.4f})' if base else ''
+      cells.append(_number(row['wauc']['mean']) + change)
+    lines.append(f'| {backbone} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
 def format_markdown(summary: dict) -> str:
-  """results.md: per dataset, a table with a row per backbone x method."""
+  """results.md: per dataset, the WAUC table (`wauc_table`), then a table with a row per backbone x method."""
   sections = ['# Benchmark results',
               f'{summary["cells"]} cells, {summary["cells_wall_seconds"]:.0f} s of cell wall time. '
-              'Test split; mean over seeds (WAUC: mean ± sample std). p: two-sided paired t-test over seeds '
-              '(scipy.stats.ttest_rel) of the method\'s WAUC against its baseline\'s.']
+              'Test split; mean over seeds (WAUC: mean ± sample std). Kept epoch: per seed, the epoch whose '
+              'weights the Trainer exported (best validation AUC; 0: the weights it started from). p: two-sided '
+              'paired t-test over seeds (scipy.stats.ttest_rel) of the method\'s WAUC against its baseline\'s.']
   for dataset, table in summary['datasets'].items():
     domains = table['domains']
     header = (['backbone', 'method', 'seeds', 'WAUC', 'AUC', 'GAUC', 'logloss']
               + [f'AUC {d}' for d in domains]
-              + ['params', 'adapter params / domain', 'examples/s', 'cell wall s', 'p (WAUC vs base)'])
-    lines = [f'## {dataset}', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+              + ['params', 'adapter params / domain', 'examples/s', 'kept epoch', 'cell wall s', 'p (WAUC vs base)'])
+    lines = [f'## {dataset}', '', 'WAUC (change against base):', '', *wauc_table(table), '',
+             '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for row in table['rows']:
       wauc = row['wauc']
       cells = [row['backbone'], row['label'], str(len(row['seeds'])),
@@ -420,7 +445,8 @@ def format_markdown(summary: dict) -> str:
                _number(row['auc']['mean']), _number(row.get('gauc', {}).get('mean')), _number(row['logloss']['mean'])]
       cells += [_number(row['domains'][d]['auc']['mean']) if d in row['domains'] else '-' for d in domains]
       cells += [f'{row["parameters"]:,}', f'{row["adapter_parameters_per_domain"]:,}',
-                f'{row["examples_per_second"]:,.0f}', f'{row["cell_wall_seconds"]:.0f}',
+                f'{row["examples_per_second"]:,.0f}', ','.join('-' if e is None else str(e) for e in row['kept_epochs']),
+                f'{row["cell_wall_seconds"]:.0f}',
                 _number(row['wauc_p_value'], '.3g')]
       lines.append('| ' + ' | '.join(cells) + ' |')
     sections.append('\n'.join(lines))
@@ -438,18 +464,19 @@ def _grouped_bars(path: str, groups: Sequence[str], series: Dict[str, tuple], yl
   positions = np.arange(len(groups))
   width = 0.8 / len(series)
   fig, ax = plt.subplots(figsize=(max(6.5, 1.1 * len(groups) * len(series)), 4))
+  colors = plt.get_cmap('tab10' if len(series) <= 10 else 'tab20')  # a distinct color per series
   ends = []  # bar tops and error bar ends, to zoom the y axis onto the differences
   for index, (label, (means, stds)) in enumerate(series.items()):
     errors = [0.0 if s is None else s for s in stds]
     ends += [m + sign * e for m, e in zip(means, errors) for sign in (-1, 1) if not math.isnan(m)]
-    ax.bar(positions + (index - (len(series) - 1) / 2) * width, means, width,
+    ax.bar(positions + (index - (len(series) - 1) / 2) * width, means, width, color=colors(index),
            yerr=None if all(s is None for s in stds) else errors, capsize=3, label=label)
   margin = max(0.01, 0.5 * (max(ends) - min(ends)))
   ax.set_ylim(max(0.0, min(ends) - margin), min(1.0, max(ends) + margin))
   ax.set_xticks(positions, groups, fontsize=8)
   ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=10)
-  ax.legend()
+  ax.legend(loc='upper left', bbox_to_anchor=(1.0, 1.0), fontsize=8)  # beside the bars, never over them
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -20,7 +20,7 @@ def _method_result(wauc, domain_aucs, adapter_parameters=0):
              for i, (d, a) in enumerate(domain_aucs.items())}
   return {'domains': domains, 'auc': wauc + 0.01, 'logloss': 0.5, 'calibration': 1.0, 'count': 300,
           'wauc': wauc, 'gauc': wauc - 0.05, 'examples_per_second': 1000.0, 'parameters': 5000 + 2 * adapter_parameters,
-          'trainable_parameters': 5000, 'adapter_parameters_per_domain': adapter_parameters}
+          'trainable_parameters': 5000, 'adapter_parameters_per_domain': adapter_parameters, 'best_epoch': 3}
 
 
 def _record(cell, base_wauc, mlora_wauc, training=TRAINING):
@@ -75,15 +75,17 @@ def test_summarize_rows_per_backbone_and_method(records):
 def test_markdown_table(records):
   text = bench.format_markdown(bench.summarize(records))
   lines = text.splitlines()
-  header = next(line for line in lines if line.startswith('| backbone'))
+  header = next(line for line in lines if line.startswith('| backbone | method'))
   assert header == ('| backbone | method | seeds | WAUC | AUC | GAUC | logloss | AUC M | AUC F | params | '
-                    'adapter params / domain | examples/s | cell wall s | p (WAUC vs base) |')
+                    'adapter params / domain | examples/s | kept epoch | cell wall s | p (WAUC vs base) |')
   assert '## movielens:gender' in lines
-  assert lines[lines.index(header) + 1] == '|' + '---|' * 14
+  wide = lines.index('| backbone | base | +MLoRA |')  # the paper's layout first: a column per method
+  assert lines[wide + 2] == '| mlp | 0.7133 | 0.7367 (+0.0233) |'
+  assert lines[lines.index(header) + 1] == '|' + '---|' * 15
   assert ('| mlp | base | 3 | 0.7133 ± 0.0153 | 0.7233 | 0.6633 | 0.5000 | 0.7133 | 0.7133 | 5,000 | 0 | 1,000 '
-          '| 101 | - |') in lines
+          '| 3,3,3 | 101 | - |') in lines
   assert ('| mlp | +MLoRA | 3 | 0.7367 ± 0.0153 | 0.7467 | 0.6867 | 0.5000 | 0.7367 | 0.7367 | 5,080 | 40 | 1,000 '
-          '| 101 | 0.0198 |') in lines
+          '| 3,3,3 | 101 | 0.0198 |') in lines
 
 
 def test_run_grid_resumes_after_the_cells_in_the_jsonl(tmp_path, records, capsys):
@@ -122,11 +124,13 @@ def test_run_grid_resumes_after_the_cells_in_the_jsonl(tmp_path, records, capsys
 
 
 def test_one_pipeline_run_per_cell_with_the_other_methods_as_challengers():
-  cells = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0, 1], ['base', 'mlora', 'star', 'star_e2e', 'separate'])
-  assert [(c.seed, c.methods) for c in cells] == [(s, ('base', 'mlora', 'star', 'star_e2e', 'separate')) for s in (0, 1)]
-  assert cells[0].challengers == ['finetune:star', 'pretrain:star', 'pretrain:separate']
-  assert [bench.METHODS[m].trainer for m in cells[0].methods] == [
-      'PretrainTrainer', 'FinetuneTrainer', 'FinetuneTrainer_star', 'PretrainTrainer_star', 'PretrainTrainer_separate']
+  methods = ('base', 'mlora', 'star', 'star_e2e', 'separate', 'no_adapter')
+  cells = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0, 1], methods)
+  assert [(c.seed, c.methods) for c in cells] == [(0, methods), (1, methods)]
+  assert cells[0].challengers == ['finetune:star', 'pretrain:star', 'pretrain:separate', 'finetune:none']
+  assert [bench.METHODS[m].trainer for m in methods] == [
+      'PretrainTrainer', 'FinetuneTrainer', 'FinetuneTrainer_star', 'PretrainTrainer_star', 'PretrainTrainer_separate',
+      'FinetuneTrainer_none']
   assert cells[0].key == 'movielens:gender mlp seed=0'
   assert cells[1].folder('out') == os.path.join('out', 'cells', 'movielens-gender', 'mlp', 'seed-1')
   with pytest.raises(ValueError, match='lora'):
