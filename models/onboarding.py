@@ -3,7 +3,10 @@
 A domain appended to `FeatureSpec.domains` after the production model was trained needs no retraining of
 anything else: the production model (backbone, embeddings, every existing adapter) is copied into a model
 with one more adapter slot per dense layer (`models.warm_start`), and only the new domains' adapters
-train. Every other weight stays bit-identical, so the existing domains score exactly as in production.
+train. Every other weight stays bit-identical, and the embedding rows of tokens new since then start from
+(and keep) the old OOV row, where production put them: the existing domains score as in production, up to
+what this span's Transform statistics move (the numeric z-scores).
+The fine-tune stage picks its epoch by the new domains' validation AUC alone (`models.trainer`).
 """
 import os
 from typing import Dict, Sequence
@@ -48,7 +51,7 @@ def onboarding_model(spec: FeatureSpec, vocab_sizes: Dict[str, int], new_domains
   model = model_lib.build_model(
       spec, vocab_sizes, hidden_units, embedding_dim, backbone=backbone, adaptation='mlora', freeze_backbone=True,
       options={**options, 'trainable_domains': [spec.domains.index(d) for d in new_domains]})
-  warm_start.warm_start(model, production, spec, tf_transform_output, production_dir)
+  warm_start.warm_start(model, production, spec, tf_transform_output, production_dir, new_tokens_as_oov=True)
   for layer in model.layers:
     if isinstance(layer, tf_keras.layers.Embedding):
       layer.trainable = False  # shared with the other domains: onboarding must not move their scores

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
@@ -27,7 +27,7 @@ from models import heads  # noqa: E402
 from models import model as model_lib  # noqa: E402
 from models import onboarding  # noqa: E402
 from models import warm_start  # noqa: E402
-from models.features import FeatureSpec  # noqa: E402
+from models.features import DOMAIN_INDEX, FeatureSpec  # noqa: E402
 from models.multitask import MultiTaskModel  # noqa: E402
 from models.preprocessing import vocabulary_sizes  # noqa: E402
 from serving import signatures  # noqa: E402
@@ -94,11 +94,13 @@ class BestValidationWeights(tf_keras.callbacks.Callback):
 
 def input_fn(file_pattern, data_accessor, tf_transform_output, spec: FeatureSpec, batch_size: int, seed: int,
              feature_names, max_in_memory_examples: int = MAX_IN_MEMORY_EXAMPLES,
-             label_columns: Optional[Dict[str, str]] = None, validation_steps: Optional[int] = None):
+             label_columns: Optional[Dict[str, str]] = None, validation_steps: Optional[int] = None,
+             validation_domains: Sequence[str] = ()):
   """Shuffled batches of (model features, click label) from Transform's materialized examples, repeated;
   with `label_columns` ({name: label column}, a multi-task model's) the labels are a dict of those columns.
   With `validation_steps`, instead the same batches on every pass: the first `validation_steps` batches of
-  the split in file order, once, so that validation scores of different weights compare.
+  the split in file order, once, so that validation scores of different weights compare; with
+  `validation_domains`, of those domains' examples alone.
 
   Parsing gzipped tf.Examples costs about as much CPU as a training step of a small CTR model, so a split
   of up to `max_in_memory_examples` is parsed once, kept as tensors (a few dozen bytes an example), and
@@ -116,7 +118,12 @@ def input_fn(file_pattern, data_accessor, tf_transform_output, spec: FeatureSpec
         tf_transform_output.transformed_metadata.schema).map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
   if validation_steps:
-    return stream(batch_size, num_epochs=1).take(validation_steps).cache().prefetch(tf.data.AUTOTUNE)
+    batches = stream(batch_size, num_epochs=1)
+    if validation_domains:
+      ids = tf.constant([spec.domains.index(d) for d in validation_domains], tf.int64)
+      batches = batches.unbatch().filter(
+          lambda features, _: tf.reduce_any(tf.equal(tf.cast(features[DOMAIN_INDEX], tf.int64), ids))).batch(batch_size)
+    return batches.take(validation_steps).cache().prefetch(tf.data.AUTOTUNE)
   batches = []
   for batch in stream(IN_MEMORY_READ_BATCH, num_epochs=1):
     batches.append(batch)
@@ -204,7 +211,9 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   train = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
                    feature_names, label_columns=labels)
   evaluation = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
-                        feature_names, label_columns=labels, validation_steps=fn_args.eval_steps)
+                        feature_names, label_columns=labels, validation_steps=fn_args.eval_steps,
+                        # Onboarding changes the new domains' scores alone: they alone judge its epochs.
+                        validation_domains=config.get('onboard_domains') or ())
   if multitask:  # the task losses, their balancing and per-task AUCs are the model's own train step
     model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']))
   else:

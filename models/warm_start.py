@@ -40,13 +40,16 @@ def read_vocabulary(path: str) -> List[bytes]:
     return [line.rstrip(b'\n') for line in f]
 
 
-def vocabulary_rows(old: List[bytes], new: List[bytes], padding: int = 0) -> np.ndarray:
-  """For each row of the new embedding table, the old table's row for the same token, or -1 (a token new
-  in this span). Rows are [padding rows][vocabulary][OOV buckets], as `models.preprocessing` lays them out."""
+def vocabulary_rows(old: List[bytes], new: List[bytes], padding: int = 0,
+                    new_tokens_as_oov: bool = False) -> np.ndarray:
+  """For each row of the new embedding table, the old table's row for the same token; for a token new in
+  this span -1 (keep the fresh row), or with `new_tokens_as_oov` the old OOV row, where the old model put
+  it (one OOV bucket). Rows are [padding rows][vocabulary][OOV buckets], as `models.preprocessing` lays
+  them out."""
   old_ids = {token: i for i, token in enumerate(old)}
   pad = list(range(padding))
-  tokens = [padding + old_ids[t] if t in old_ids else -1 for t in new]
   oov = [padding + len(old) + b for b in range(OOV_BUCKETS)]
+  tokens = [padding + old_ids[t] if t in old_ids else (oov[0] if new_tokens_as_oov else -1) for t in new]
   return np.array(pad + tokens + oov, dtype=np.int64)
 
 
@@ -57,7 +60,8 @@ def domain_rows(old_domains: int, new_domains: int) -> np.ndarray:
 
 
 def embedding_rows(feature: str, spec: FeatureSpec, old_vocabularies: Dict[str, List[bytes]],
-                   new_vocabularies: Dict[str, List[bytes]], old_rows: int, new_rows: int) -> Optional[np.ndarray]:
+                   new_vocabularies: Dict[str, List[bytes]], old_rows: int, new_rows: int,
+                   new_tokens_as_oov: bool = False) -> Optional[np.ndarray]:
   """The old row of each row of `feature`'s embedding table, or None when the tables do not correspond."""
   if feature == DOMAIN_INDEX:
     return domain_rows(old_rows - 1, new_rows - 1)
@@ -66,7 +70,7 @@ def embedding_rows(feature: str, spec: FeatureSpec, old_vocabularies: Dict[str, 
       if column not in old_vocabularies:  # a column the production model did not have
         return None
       padding = 1 if column in spec.multivalent else 0
-      return vocabulary_rows(old_vocabularies[column], new_vocabularies[column], padding)
+      return vocabulary_rows(old_vocabularies[column], new_vocabularies[column], padding, new_tokens_as_oov)
   return np.arange(new_rows) if old_rows == new_rows else None  # hashed ids: same buckets, same rows
 
 
@@ -103,7 +107,8 @@ def _value_from(old: Optional[np.ndarray], weight, embedding: bool, rows: Option
   return np.where((rows >= 0)[:, None], old[np.maximum(rows, 0)], current)
 
 
-def warm_start(model, base, spec: FeatureSpec, tf_transform_output, base_serving_dir: str) -> None:
+def warm_start(model, base, spec: FeatureSpec, tf_transform_output, base_serving_dir: str,
+               new_tokens_as_oov: bool = False) -> None:
   """Copies `base`'s weights into the freshly built `model` (see the module docstring).
 
   Args:
@@ -113,6 +118,8 @@ def warm_start(model, base, spec: FeatureSpec, tf_transform_output, base_serving
     spec: This span's feature contract.
     tf_transform_output: This span's Transform output (its vocabularies).
     base_serving_dir: The production model's SavedModel, whose `assets/` hold its vocabularies.
+    new_tokens_as_oov: Start the rows of tokens new in this span from the old OOV row instead of fresh
+      values: the model then scores every example as `base` did (onboarding, whose embeddings stay frozen).
   """
   columns = list(spec.vocab) + list(spec.multivalent)
   assets = os.path.join(base_serving_dir, 'assets')
@@ -130,7 +137,7 @@ def warm_start(model, base, spec: FeatureSpec, tf_transform_output, base_serving
     for weight in layer.weights:
       old = old_weights.get(_short_name(weight))
       rows = None if feature is None or old is None else embedding_rows(
-          feature, spec, old_vocabularies, new_vocabularies, old.shape[0], weight.shape[0])
+          feature, spec, old_vocabularies, new_vocabularies, old.shape[0], weight.shape[0], new_tokens_as_oov)
       value = _value_from(old, weight, feature is not None, rows, per_domain=id(weight) in per_domain)
       if value is None:
         kept.append(weight.name)

@@ -67,3 +67,11 @@ def test_validation_batches_are_the_same_on_every_pass(transformed):
   passes = [np.concatenate([f[DOMAIN_INDEX].numpy().reshape(-1) for f, _ in dataset]) for _ in range(2)]
   np.testing.assert_array_equal(passes[0], np.arange(400))  # the first 4 batches, in file order, once
   np.testing.assert_array_equal(passes[1], passes[0])
+
+
+def test_validation_can_hold_some_domains_alone(transformed):
+  path, output = transformed  # the domain index of example i is i: domains 'a' (0) and 'b' (1) are 2 examples
+  dataset = input_fn(path, _Accessor, output, SPEC, batch_size=100, seed=0, feature_names=[DOMAIN_INDEX],
+                     validation_steps=4, validation_domains=['b'])
+  ids = np.concatenate([f[DOMAIN_INDEX].numpy().reshape(-1) for f, _ in dataset])
+  np.testing.assert_array_equal(ids, [1])

@@ -54,6 +54,9 @@ def test_vocabulary_rows_follow_tokens():
   rows = warm_start.vocabulary_rows([b'a', b'b', b'c'], [b'c', b'a', b'new'])
   np.testing.assert_array_equal(rows, [2, 0, -1, 3])  # the OOV bucket onto the old one
   np.testing.assert_array_equal(warm_start.vocabulary_rows([b'a', b'b'], [b'b', b'a'], padding=1), [0, 2, 1, 3])
+  # Onboarding: a new token starts where the old model put it, in the OOV row.
+  rows = warm_start.vocabulary_rows([b'a', b'b', b'c'], [b'c', b'a', b'new'], new_tokens_as_oov=True)
+  np.testing.assert_array_equal(rows, [2, 0, 3, 3])
 
 
 def test_domain_rows_keep_known_domains_and_start_new_ones_as_unknown():
