@@ -237,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument('--methods', type=lambda text: text.split(','), default=['base', 'mlora'],
                      help='comma-separated methods (pipeline/bench.py METHODS): base, mlora, star, adasparse, pepnet '
                           '(fine-tuned on the frozen backbone), star_e2e, adasparse_e2e, pepnet_e2e (trained end to '
-                          'end), no_domain, separate (baselines), no_adapter (the fine-tune stage without a method: the '
-                          'control); all trained in one pipeline run per cell '
+                          'end), no_domain, separate (baselines), no_adapter (the fine-tune stage without a '
+                          'method: the control); all trained in one pipeline run per cell '
                           '(default base,mlora)')
   bench.add_argument('--seeds', type=lambda text: [int(s) for s in text.split(',')], default=[0, 1, 2],
                      help='comma-separated training seeds (default 0,1,2)')
@@ -428,7 +428,8 @@ def config_from_args(args):
   overrides = {
       'pretrain_steps': args.pretrain_steps, 'finetune_steps': args.finetune_steps, 'eval_steps': args.eval_steps,
       'batch_size': args.batch_size, 'pretrain_learning_rate': args.pretrain_learning_rate,
-      'finetune_learning_rate': args.finetune_learning_rate, 'alpha': args.alpha, 'backbone': args.backbone, 'hidden_units': args.hidden_units,
+      'finetune_learning_rate': args.finetune_learning_rate, 'alpha': args.alpha, 'backbone': args.backbone,
+      'hidden_units': args.hidden_units,
       'adaptation': args.adaptation, 'pretrain_adaptation': args.pretrain_adaptation,
       'min_domain_auc': args.min_domain_auc, 'max_auc_drop': args.max_auc_drop,
       'head': args.head, 'balancing': args.balancing, 'pcgrad': args.pcgrad, 'task_min_auc': args.task_min_auc,

@@ -80,7 +80,8 @@ class Method:
     return trainer_id(self.stage, self.adaptation if self.challenger else None)
 
 
-MAIN_STAGES = (('pretrain', 'none'), ('finetune', 'mlora'))  # the pipeline's defaults: base, then MLoRA
+# The pipeline's own stages as a bench run leaves them (no --adaptation flags): base, then MLoRA.
+MAIN_STAGES = (('pretrain', PipelineConfig.pretrain_adaptation), ('finetune', PipelineConfig.adaptation))
 BASELINE = 'base'
 METHODS: Dict[str, Method] = {
     BASELINE: Method('base', 'pretrain', 'none'),
@@ -445,7 +446,8 @@ def format_markdown(summary: dict) -> str:
                _number(row['auc']['mean']), _number(row.get('gauc', {}).get('mean')), _number(row['logloss']['mean'])]
       cells += [_number(row['domains'][d]['auc']['mean']) if d in row['domains'] else '-' for d in domains]
       cells += [f'{row["parameters"]:,}', f'{row["adapter_parameters_per_domain"]:,}',
-                f'{row["examples_per_second"]:,.0f}', ','.join('-' if e is None else str(e) for e in row['kept_epochs']),
+                f'{row["examples_per_second"]:,.0f}',
+                ','.join('-' if epoch is None else str(epoch) for epoch in row['kept_epochs']),
                 f'{row["cell_wall_seconds"]:.0f}',
                 _number(row['wauc_p_value'], '.3g')]
       lines.append('| ' + ' | '.join(cells) + ' |')
