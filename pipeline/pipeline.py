@@ -106,7 +106,7 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
 
   transform = tfx.components.Transform(
       examples=examples.outputs['examples'], schema=schema.outputs['schema'], preprocessing_fn=PREPROCESSING_FN,
-      custom_config={'feature_spec': config.feature_spec.to_dict()})
+      custom_config={'feature_spec': config.feature_spec.to_dict()}, disable_statistics=True)
   transform.add_upstream_node(gate)  # no feature engineering, hence no training, on data that failed validation
 
   def trainer(stage: str, steps: int, base_model=None, source_model=None, adaptation=None):

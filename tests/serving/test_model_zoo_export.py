@@ -14,7 +14,7 @@ from models import model as model_lib
 from models.adaptation import ADAPTATIONS
 from models.backbones import BACKBONES
 from models.preprocessing import vocabulary_sizes
-from models.trainer import serving_signatures
+from models.trainer import export_serving_model
 from serving import signatures
 from tests.serving.helpers import raw_column_types, read_rows, serialized
 
@@ -42,7 +42,7 @@ def test_saved_model_serves_the_keras_models_scores(backbone, adaptation, transf
   for weight in model.trainable_weights:  # adapters and gates away from their identity start: they must count
     weight.assign_add(tf.random.normal(weight.shape, stddev=0.1, seed=1))
   path = str(tmp_path / 'model')
-  tf.saved_model.save(model, path, signatures=serving_signatures(model, transform_output, SPEC))
+  export_serving_model(model, transform_output, SPEC, path)
 
   loaded = tf.saved_model.load(path)
   served = loaded.signatures[signatures.DEFAULT](examples=examples)[model_lib.PREDICTION].numpy()
