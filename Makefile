@@ -7,7 +7,7 @@ OUTPUT_DIR ?= outputs/local
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lock clean
+.PHONY: run test test-all lock clean
 export TF_USE_LEGACY_KERAS := 1
 
 $(PY): requirements.lock
@@ -21,8 +21,16 @@ $(PY): requirements.lock
 run: $(PY)
 	$(PY) tfx_runner.py run --output-dir $(OUTPUT_DIR) $(RUN_ARGS)
 
+# The fast suite (under 10 minutes on 2 cores): every behaviour, the expensive work done once (tests/runs.py).
+# Two pytest-xdist workers; `PYTEST_ARGS="-n 0"` runs it in one process.
+XDIST := -n 2 --dist loadscope
 test: $(PY)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
+
+# Everything, the slow variants too (every backbone x method exported and served, every e2e scenario as a
+# pipeline run of its own): before resolving an issue that touches models or the pipeline.
+test-all: $(PY)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Re-resolve the pinned set after editing requirements.in.
 lock: $(PY)

@@ -76,17 +76,67 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                       help=f'training batch size (default {defaults["batch_size"]})')
   parser.add_argument('--hidden-units', type=_hidden_units, default=None,
                       help=f'backbone MLP sizes (default {"-".join(map(str, defaults["hidden_units"]))})')
+  parser.add_argument('--embedding-dim', type=_positive(int), default=None,
+                      help=f'size of every field embedding (default {defaults["embedding_dim"]})')
   parser.add_argument('--pretrain-learning-rate', type=_positive(float), default=None,
                       help=f'Adam learning rate of the pretrain stage (default {defaults["pretrain_learning_rate"]})')
   parser.add_argument('--finetune-learning-rate', type=_positive(float), default=None,
                       help=f'Adam learning rate of the fine-tune stage (default {defaults["finetune_learning_rate"]})')
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+  """The options of a pipeline run that `run` and `simulate` (a run per simulated day) share."""
   from models.adaptation import ADAPTATIONS  # pylint: disable=g-import-not-at-top
   from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
   from models.heads import HEADS  # pylint: disable=g-import-not-at-top
   from models.multitask import BALANCINGS  # pylint: disable=g-import-not-at-top
+  from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
+  _add_training_options(parser)
+  parser.add_argument('--alpha', type=_positive(int), default=None,
+                      help='MLoRA rank divisor: each layer gets rank max(d_out // alpha, 1) (default 8)')
+  parser.add_argument('--backbone', choices=sorted(BACKBONES), default=None,
+                      help='CTR backbone both Trainers build; MLoRA adapts its dense layers (default mlp)')
+  parser.add_argument('--adaptation', choices=sorted(ADAPTATIONS), default=None,
+                      help='domain adaptation the fine-tune Trainer adds to the frozen backbone (default mlora)')
+  parser.add_argument('--pretrain-adaptation', choices=sorted(ADAPTATIONS), default=None,
+                      help='domain adaptation the pretrain Trainer trains end to end with the backbone (default '
+                           'none: one shared model with the domain as a feature)')
+  parser.add_argument('--adaptation-option', type=_option, action='append', default=None, metavar='KEY=VALUE',
+                      help='repeatable: a setting of the adaptation methods, like adasparse_form=scaling, '
+                           'sparsity_range=[0.1,0.2] or persona_fields=["user_id"] (models/adaptation)')
+  parser.add_argument('--challenger', action='append', default=None, metavar='STAGE:ADAPTATION',
+                      help='repeatable: one more Trainer in the run, for comparison only (neither gated nor '
+                           'pushed): pretrain:ADAPTATION trains it end to end, finetune:ADAPTATION adds it to the '
+                           'pretrained backbone; `bench` scores these models')
+  parser.add_argument('--head', choices=sorted(HEADS), default=None,
+                      help='multi-task head on its own MLP bottom, predicting click and conversion (ctr, cvr; ctcvr '
+                           'for esmm), served and gated per task (default: the single-task click model)')
+  parser.add_argument('--balancing', choices=sorted(BALANCINGS), default=None,
+                      help='with --head: how the task losses are weighed (default fixed)')
+  parser.add_argument('--pcgrad', action='store_true', default=None,
+                      help='with --head: project conflicting task gradients off each other (PCGrad)')
+  parser.add_argument('--min-domain-auc', type=float, default=None,
+                      help='promotion gate: lowest AUC allowed on any domain (default 0.55)')
+  parser.add_argument('--task-min-auc', type=_task_thresholds, default=None, metavar='TASK=AUC,...',
+                      help='with --head: the lowest AUC of each task output on any domain, like cvr=0.6,ctcvr=0.6 '
+                           '(default --min-domain-auc)')
+  parser.add_argument('--max-auc-drop', type=float, default=None,
+                      help='promotion gate: largest AUC/WAUC drop allowed against the latest blessed model '
+                           '(default 0.01)')
+  parser.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
+                      help='Beam pipeline argument, repeatable (default: in-memory DirectRunner)')
+  parser.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
+  parser.add_argument('--transfer-source', metavar='PATH',
+                      help='CTNet continual transfer: the source model, a Model artifact of this project or the '
+                           '--output-dir of a source pipeline run (its latest blessed model, taken when the run '
+                           'starts); the pretrain stage trains beside its frozen copy, warm-started from production')
+  parser.add_argument('--enable-cache', action='store_true', default=None,
+                      help='reuse the outputs of components whose inputs and settings did not change since an '
+                           'earlier run in OUTPUT_DIR (a re-run after a failed run); off by default')
+
+
+def build_parser() -> argparse.ArgumentParser:
+  from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
   from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='tfx_runner.py', description=__doc__.splitlines()[0])
   commands = parser.add_subparsers(dest='command', required=True)
@@ -106,50 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--rows', type=_positive(int), default=None,
                    help='rows of synthetic data to generate (default 200000); ignored with --data-path')
   run.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
-  _add_training_options(run)
-  run.add_argument('--alpha', type=_positive(int), default=None,
-                   help='MLoRA rank divisor: each layer gets rank max(d_out // alpha, 1) (default 8)')
-  run.add_argument('--backbone', choices=sorted(BACKBONES), default=None,
-                   help='CTR backbone both Trainers build; MLoRA adapts its dense layers (default mlp)')
-  run.add_argument('--adaptation', choices=sorted(ADAPTATIONS), default=None,
-                   help='domain adaptation the fine-tune Trainer adds to the frozen backbone (default mlora)')
-  run.add_argument('--pretrain-adaptation', choices=sorted(ADAPTATIONS), default=None,
-                   help='domain adaptation the pretrain Trainer trains end to end with the backbone (default none: '
-                        'one shared model with the domain as a feature)')
-  run.add_argument('--adaptation-option', type=_option, action='append', default=None, metavar='KEY=VALUE',
-                   help='repeatable: a setting of the adaptation methods, like adasparse_form=scaling, '
-                        'sparsity_range=[0.1,0.2] or persona_fields=["user_id"] (models/adaptation)')
-  run.add_argument('--challenger', action='append', default=None, metavar='STAGE:ADAPTATION',
-                   help='repeatable: one more Trainer in the run, for comparison only (neither gated nor pushed): '
-                        'pretrain:ADAPTATION trains it end to end, finetune:ADAPTATION adds it to the pretrained '
-                        'backbone; `bench` scores these models')
-  run.add_argument('--head', choices=sorted(HEADS), default=None,
-                   help='multi-task head on its own MLP bottom, predicting click and conversion (ctr, cvr; ctcvr '
-                        'for esmm), served and gated per task (default: the single-task click model)')
-  run.add_argument('--balancing', choices=sorted(BALANCINGS), default=None,
-                   help='with --head: how the task losses are weighed (default fixed)')
-  run.add_argument('--pcgrad', action='store_true', default=None,
-                   help='with --head: project conflicting task gradients off each other (PCGrad)')
+  _add_pipeline_options(run)
   run.add_argument('--onboard-domains', type=lambda text: [d for d in text.split(',') if d], default=None,
                    metavar='DOMAIN[,DOMAIN]',
                    help='domains appended to features.json (and the schema) since the production model was trained: '
                         'train only their MLoRA adapters on the production model of OUTPUT_DIR, leaving the '
                         'backbone, the embeddings and every other adapter as they are (no pretraining)')
-  run.add_argument('--min-domain-auc', type=float, default=None,
-                   help='promotion gate: lowest AUC allowed on any domain (default 0.55)')
-  run.add_argument('--task-min-auc', type=_task_thresholds, default=None, metavar='TASK=AUC,...',
-                   help='with --head: the lowest AUC of each task output on any domain, like cvr=0.6,ctcvr=0.6 '
-                        '(default --min-domain-auc)')
-  run.add_argument('--max-auc-drop', type=float, default=None,
-                   help='promotion gate: largest AUC/WAUC drop allowed against the latest blessed model (default 0.01)')
-  run.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
-                   help='Beam pipeline argument, repeatable (default: in-memory DirectRunner)')
-  run.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
-  run.add_argument('--transfer-source', metavar='PATH',
-                   help='CTNet continual transfer: the source model, a Model artifact of this project or the '
-                        '--output-dir of a source pipeline run (its latest blessed model, taken when the run '
-                        'starts); the pretrain stage trains beside its frozen copy, warm-started from production')
-
   compile_ = commands.add_parser(
       'compile', help='compile the pipeline for a scheduled orchestrator (Kubeflow Pipelines v2)',
       description='Write the pipeline spec KubeflowV2DagRunner compiles (nothing runs): daily runs on the newest '
@@ -194,15 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
   simulate.add_argument('--new-domain-day', type=_positive(int), default=4,
                         help='day the new domain mini_program appears (default 4)')
   simulate.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
-  _add_training_options(simulate)
-  simulate.add_argument('--min-domain-auc', type=float, default=None, help='promotion gate: lowest AUC on any domain')
-  simulate.add_argument('--max-auc-drop', type=float, default=None,
-                        help='promotion gate: largest AUC/WAUC drop allowed against the production model')
-  simulate.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
-  simulate.set_defaults(schema=None, rows=None, alpha=None, backbone=None, beam_arg=None,
-                        transfer_source=None, head=None, balancing=None, pcgrad=None,
-                        task_min_auc=None, challenger=None,
-                        adaptation_option=None)  # as `run` leaves them
+  _add_pipeline_options(simulate)
+  simulate.set_defaults(schema=None, rows=None, onboard_domains=None)  # the days bring their data and domains
 
   prepare = commands.add_parser(
       'prepare', help='turn a public dataset into the pipeline\'s raw, domain-tagged input',
@@ -315,6 +320,7 @@ def run_bench(args) -> int:
   training = bench.Training(
       pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps, eval_steps=args.eval_steps,
       batch_size=args.batch_size, hidden_units='-'.join(map(str, args.hidden_units)) if args.hidden_units else None,
+      embedding_dim=args.embedding_dim,
       pretrain_learning_rate=args.pretrain_learning_rate, finetune_learning_rate=args.finetune_learning_rate)
   summary = bench.run_grid(cells, training, os.path.abspath(args.output_dir))
   print('\n' + bench.format_markdown(summary))
@@ -429,7 +435,7 @@ def config_from_args(args):
       'pretrain_steps': args.pretrain_steps, 'finetune_steps': args.finetune_steps, 'eval_steps': args.eval_steps,
       'batch_size': args.batch_size, 'pretrain_learning_rate': args.pretrain_learning_rate,
       'finetune_learning_rate': args.finetune_learning_rate, 'alpha': args.alpha, 'backbone': args.backbone,
-      'hidden_units': args.hidden_units,
+      'hidden_units': args.hidden_units, 'embedding_dim': args.embedding_dim,
       'adaptation': args.adaptation, 'pretrain_adaptation': args.pretrain_adaptation,
       'min_domain_auc': args.min_domain_auc, 'max_auc_drop': args.max_auc_drop,
       'head': args.head, 'balancing': args.balancing, 'pcgrad': args.pcgrad, 'task_min_auc': args.task_min_auc,
@@ -437,6 +443,7 @@ def config_from_args(args):
       'transfer_source': os.path.abspath(args.transfer_source) if args.transfer_source else None,
       'onboard_domains': tuple(args.onboard_domains) if args.onboard_domains else None,
       'challengers': tuple(args.challenger) if args.challenger else None,
+      'enable_cache': args.enable_cache,
       'adaptation_options': dict(args.adaptation_option) if args.adaptation_option else None,
   }
   if args.onboard_domains and not os.path.isdir(os.path.join(output_dir, 'serving')):

@@ -30,21 +30,34 @@ def describe_anomalies(split: str, anomalies: anomalies_pb2.Anomalies) -> list:
   return lines
 
 
+def find_problems(split: str, statistics, anomalies: anomalies_pb2.Anomalies) -> list:
+  """The readable lines of one split's problems: an empty split, else every anomaly of `anomalies` (TFDV's
+  `validate_statistics` output for the split's `statistics`, a DatasetFeatureStatisticsList)."""
+  if not statistics.datasets or statistics.datasets[0].num_examples == 0:
+    return [f'  [{split}] the split has no examples: check the input path and that files are not empty']
+  return describe_anomalies(split, anomalies)
+
+
+def validation_error(problems: list, schema_hint: str) -> DataValidationError:
+  """The error that stops a run on `problems` (find_problems' lines), saying how to fix it."""
+  return DataValidationError(
+      'The input data does not match the schema, so nothing was trained or pushed:\n' + '\n'.join(problems)
+      + f'\nFix the input data, or, if the change is intended, update the schema ({schema_hint}).')
+
+
 def check_anomalies(anomalies_artifact, statistics_artifact, schema_hint: str) -> None:
-  """Raises DataValidationError listing every anomaly and every empty split."""
+  """Raises DataValidationError listing every anomaly and every empty split of ExampleValidator's output."""
   problems = []
   for split in artifact_utils.decode_split_names(statistics_artifact.split_names):
     stats = stats_artifact_utils.load_statistics(statistics_artifact, split).proto()
-    if not stats.datasets or stats.datasets[0].num_examples == 0:
-      problems.append(f'  [{split}] the split has no examples: check the input path and that files are not empty')
-      continue
     path = os.path.join(artifact_utils.get_split_uri([anomalies_artifact], split), ANOMALIES_FILE)
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      problems.extend(describe_anomalies(split, anomalies_pb2.Anomalies.FromString(f.read())))
+    anomalies = anomalies_pb2.Anomalies()
+    if tf.io.gfile.exists(path):  # an empty split may have none
+      with tf.io.gfile.GFile(path, 'rb') as f:
+        anomalies.ParseFromString(f.read())
+    problems.extend(find_problems(split, stats, anomalies))
   if problems:
-    raise DataValidationError(
-        'The input data does not match the schema, so nothing was trained or pushed:\n' + '\n'.join(problems)
-        + f'\nFix the input data, or, if the change is intended, update the schema ({schema_hint}).')
+    raise validation_error(problems, schema_hint)
 
 
 @tfx.dsl.components.component

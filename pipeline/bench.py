@@ -147,6 +147,7 @@ class Training:
   eval_steps: Optional[int] = None
   batch_size: Optional[int] = None
   hidden_units: Optional[str] = None  # like '256-128-64'
+  embedding_dim: Optional[int] = None
   pretrain_learning_rate: Optional[float] = None
   finetune_learning_rate: Optional[float] = None
 
@@ -289,6 +290,12 @@ def run_cell(cell: Cell, training: Training, output_dir: str) -> dict:
     status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, check=False)
   if status.returncode:
     raise CellFailed(f'pipeline exited with {status.returncode}, see {log_path}')
+  return score_cell(cell, training, run_dir, data_path, start)
+
+
+def score_cell(cell: Cell, training: Training, run_dir: str, data_path: str, start: float) -> dict:
+  """The cell's record from its finished pipeline run in `run_dir`: every method's model scored on the test
+  split of `data_path`; `start` is when the cell began (its wall time runs until the scoring ends)."""
   test = load_test_split(data_path)
   results = {name: score_model(uri, test) for name, uri in trained_models(run_dir, data_path, cell.methods).items()}
   return {**cell_identity(cell, training), 'wall_seconds': time.time() - start, 'methods': results}

@@ -13,7 +13,7 @@ items and hidden tastes every day), with two drifts:
   (the new domain's embedding from the old unknown-domain one, see `models.warm_start`), and the fine-tune
   stage builds one more adapter, which starts at zero (the backbone's prediction) and trains with the rest.
 
-Each span is written as `DATA_ROOT/span-N/{train,eval}/data.csv`; the run is whatever `make_config(data
+Each span is written as `DATA_ROOT/span-N/{train,eval,test}/data.csv`; the run is whatever `make_config(data
 root)` and `run_pipeline(config)` do (the `run` command's path), so the newest span is ingested, the
 backbone warm-started from the production model, and the candidate evaluated against it.
 """
@@ -27,6 +27,7 @@ import pandas as pd
 
 from components.anomalies_gate import DataValidationError
 from data import synthetic
+from data.split import DEFAULT_RATIOS, SPLITS
 from models.features import FeatureSpec
 from pipeline import lineage
 from pipeline import report as report_lib
@@ -34,7 +35,7 @@ from pipeline.config import SPAN_FOLDER, PipelineConfig
 import schemas
 
 NEW_DOMAIN_WEB_CLICKS = 0.3
-EVAL_SHARE = 0.2
+SPLIT_SHARES = DEFAULT_RATIOS  # train, eval, test: each day's rows in that order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +87,12 @@ def write_contract(data_root: str, spec: FeatureSpec) -> None:
 
 
 def write_span(frame: pd.DataFrame, data_root: str, day: int) -> str:
-  """`span-<day>/train/` and `span-<day>/eval/` (the last EVAL_SHARE of the rows); returns the folder."""
+  """`span-<day>/train/`, `eval/` and `test/`, consecutive slices of the day's rows by SPLIT_SHARES: train
+  fits, eval selects (the Trainers' epochs), test judges (the Evaluator and the gate); returns the folder."""
   folder = os.path.join(data_root, SPAN_FOLDER.replace('{SPAN}', str(day)))
-  cut = int(len(frame) * (1.0 - EVAL_SHARE))
-  synthetic.write_csv(frame.iloc[:cut], os.path.join(folder, 'train'))
-  synthetic.write_csv(frame.iloc[cut:], os.path.join(folder, 'eval'))
+  cuts = np.round(np.cumsum(SPLIT_SHARES)[:-1] * len(frame)).astype(int)
+  for split, part in zip(SPLITS, np.split(np.arange(len(frame)), cuts)):
+    synthetic.write_csv(frame.iloc[part], os.path.join(folder, split))
   return folder
 
 

@@ -85,9 +85,9 @@ class DomainPruner(tf_keras.layers.Layer):
 
   def call(self, inputs, training=None):
     factors, keep = self.weighting_factors(inputs)
-    pruned = tf.zeros([]) if keep is None else 1.0 - tf.reduce_mean(keep)
-    self.add_metric(tf.stop_gradient(pruned), name=f'{self.name}_sparsity')
-    if training:
+    if training:  # a served model updates no metric: serving requests leave the model's state as it is
+      pruned = tf.zeros([]) if keep is None else 1.0 - tf.reduce_mean(keep)
+      self.add_metric(tf.stop_gradient(pruned), name=f'{self.name}_sparsity')
       if keep is not None:
         r_min, r_max = self.sparsity_range
         outside = tf.nn.relu(r_min - pruned) + tf.nn.relu(pruned - r_max)

@@ -1,7 +1,9 @@
-"""The benchmark harness: aggregation, table, resuming and test-split encoding without pipelines, and one real
+"""The benchmark harness: aggregation, table, resuming and test-split encoding without pipelines; the command
+on a cell whose pipeline run is the session's shared run (tests/runs.py), and (`make test-all`) one real
 1-cell grid end to end."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import tensorflow as tf
 
 import tfx_runner
 from pipeline import bench
+from tests import runs
 
 TRAINING = bench.Training(pretrain_steps=60, finetune_steps=30, eval_steps=5, batch_size=256, hidden_units='32-16')
 MOVIELENS_GENDER = bench.Dataset('movielens', domain='gender', source='/data/ml-100k')
@@ -172,15 +175,11 @@ def test_test_split_becomes_typed_serving_examples(tmp_path):
   assert set(np.unique(test.labels)) <= {0, 1}
 
 
-@pytest.mark.e2e
-def test_bench_command_runs_a_cell_once(tmp_path, capsys):
-  """One real pipeline run trains base, MLoRA and a challenger (STAR end to end); all three are scored."""
-  output_dir = tmp_path / 'bench'
-  argv = ['bench', '--output-dir', str(output_dir), '--datasets', 'synthetic', '--rows', '3000',
-          '--backbones', 'mlp', '--seeds', '0', '--methods', 'base,mlora,star_e2e', *TRAINING.flags()]
-  assert tfx_runner.main(argv) == 0
-  assert '[1/1] synthetic mlp seed=0 done in' in capsys.readouterr().out
-  summary = json.loads((output_dir / bench.RESULTS_JSON).read_text())
+SHARED_METHODS = ('base', 'mlora', 'star_e2e')  # the shared run's stages and its challenger (STAR end to end)
+
+
+def _assert_scored_rows(summary):
+  """base, MLoRA and STAR end to end of one cell: every metric in range, parameters as the methods add them."""
   base, mlora, star = summary['datasets']['synthetic']['rows']
   assert star['label'] == 'STAR end to end'
   for row in (base, mlora, star):
@@ -189,6 +188,49 @@ def test_bench_command_runs_a_cell_once(tmp_path, capsys):
   assert base['adapter_parameters_per_domain'] == 0 < mlora['adapter_parameters_per_domain']
   assert mlora['parameters'] == base['parameters'] + 7 * mlora['adapter_parameters_per_domain']
   assert star['parameters'] > base['parameters'] and star['wauc']['mean'] != base['wauc']['mean']
+
+
+@pytest.mark.e2e
+def test_bench_command_scores_and_summarizes_a_finished_cell(shared_run, tmp_path, capsys):
+  """The shared run is a cell's pipeline run (base, MLoRA and a challenger, STAR end to end): `score_cell`
+  scores its models on the test split as the command does after running a cell, and the command, finding
+  that record, skips the cell and writes the tables and plots from it."""
+  training = bench.Training(**{k: '-'.join(map(str, v)) if k == 'hidden_units' else v
+                               for k, v in runs.TINY.items()})
+  assert training.flags() == runs.TINY_TRAINING  # the shared run's own settings
+  cell = bench.Cell(bench.Dataset('synthetic', rows=runs.SHARED_ROWS), 'mlp', runs.SHARED_SEED, SHARED_METHODS)
+  prepared = tmp_path / 'prepared'  # `prepare`'s layout of the shared run's day: the contract and its test split
+  prepared.mkdir()
+  for name in ('features.json', 'schema.pbtxt'):
+    os.symlink(os.path.join(shared_run.data_root, name), prepared / name)
+  os.symlink(os.path.join(shared_run.span, 'test'), prepared / 'test')
+  record = bench.score_cell(cell, training, shared_run.output_dir, str(prepared), start=time.time())
+  output_dir = tmp_path / 'bench'
+  output_dir.mkdir()
+  bench.append_record(str(output_dir / bench.RESULTS_JSONL), record)
+
+  argv = ['bench', '--output-dir', str(output_dir), '--datasets', 'synthetic', '--rows', str(runs.SHARED_ROWS),
+          '--backbones', 'mlp', '--seeds', str(runs.SHARED_SEED), '--methods', ','.join(SHARED_METHODS),
+          *training.flags()]
+  assert tfx_runner.main(argv) == 0
+  assert f'[1/1] synthetic mlp seed={runs.SHARED_SEED} finished earlier, skipped' in capsys.readouterr().out
+  summary = json.loads((output_dir / bench.RESULTS_JSON).read_text())
+  _assert_scored_rows(summary)
+  assert '| mlp | +MLoRA | 1 |' in (output_dir / bench.RESULTS_MD).read_text()
+  assert all(os.path.getsize(path) > 1000 for path in summary['plots'])
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_bench_command_runs_a_cell_once(tmp_path, capsys):
+  """One real pipeline run trains base, MLoRA and a challenger (STAR end to end); all three are scored."""
+  output_dir = tmp_path / 'bench'
+  argv = ['bench', '--output-dir', str(output_dir), '--datasets', 'synthetic', '--rows', '3000',
+          '--backbones', 'mlp', '--seeds', '0', '--methods', ','.join(SHARED_METHODS), *TRAINING.flags()]
+  assert tfx_runner.main(argv) == 0
+  assert '[1/1] synthetic mlp seed=0 done in' in capsys.readouterr().out
+  summary = json.loads((output_dir / bench.RESULTS_JSON).read_text())
+  _assert_scored_rows(summary)
   assert '| mlp | +MLoRA | 1 |' in (output_dir / bench.RESULTS_MD).read_text()
   assert all(os.path.getsize(path) > 1000 for path in summary['plots'])
 

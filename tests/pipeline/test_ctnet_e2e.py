@@ -1,5 +1,5 @@
-"""CTNet through the real pipeline: a source run, then a target run with `--transfer-source` that trains
-beside the source's frozen model and pushes."""
+"""CTNet through the real pipeline: a target run with `--transfer-source` on the session's shared run (the
+source, tests/runs.py) trains beside the source's frozen model and pushes."""
 import json
 import os
 
@@ -14,25 +14,34 @@ from models.trainer import keras_model_path
 from pipeline.config import PipelineConfig
 from pipeline.report import latest_run_artifacts
 import schemas
-from tests.pipeline.test_pipeline_e2e import _run, _serialized_examples, _write_split
+from tests import runs
 
 pytestmark = pytest.mark.e2e
 
 ROWS = 3000
-FEWEST_STEPS = ['--pretrain-steps', '20', '--finetune-steps', '10', '--eval-steps', '2', '--batch-size', '128',
-                '--hidden-units', '16-8', '--min-domain-auc', '0']
+FEWEST_STEPS = ['--pretrain-steps', '20', '--finetune-steps', '10', '--eval-steps', '2', '--min-domain-auc', '0']
+
+
+@pytest.fixture(scope='module', params=['shared', pytest.param('own', marks=pytest.mark.slow)])
+def source_run(request, tmp_path_factory) -> str:
+  """The source pipeline's output folder: the shared run, or (`make test-all`) a run of its own."""
+  if request.param == 'shared':
+    return request.getfixturevalue('shared_run').output_dir
+  root = tmp_path_factory.mktemp('ctnet-source')
+  runs.write_split(synthetic.generate(ROWS, seed=3), root / 'data')
+  assert runs.run_cli(root / 'out', root / 'data', FEWEST_STEPS) == 0
+  return str(root / 'out')
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def ctnet_run(source_run, tmp_path_factory):
   root = tmp_path_factory.mktemp('ctnet')
-  _write_split(synthetic.generate(ROWS, seed=3), root / 'source-data')
-  assert _run(root / 'source', root / 'source-data', FEWEST_STEPS) == 0
   target_frame = synthetic.generate(ROWS, seed=5)  # other logs: other vocabularies and statistics
-  _write_split(target_frame, root / 'target-data')
-  assert _run(root / 'target', root / 'target-data', FEWEST_STEPS + ['--transfer-source', str(root / 'source')]) == 0
+  runs.write_split(target_frame, root / 'target-data')
+  assert runs.run_cli(root / 'target', root / 'target-data',
+                      FEWEST_STEPS + ['--transfer-source', source_run]) == 0
   with open(root / 'target' / 'report.json') as f:
-    return {'root': root, 'report': json.load(f), 'frame': target_frame}
+    return {'root': root, 'source': source_run, 'report': json.load(f), 'frame': target_frame}
 
 
 def _artifact(output_dir, node, type_name):
@@ -42,10 +51,10 @@ def _artifact(output_dir, node, type_name):
   return max(latest_run_artifacts(config)[node][type_name], key=lambda a: a.id)
 
 
-def test_target_run_records_the_source_model_trains_and_pushes(runs):
-  root = runs['root']
-  assert runs['report']['blessed'] is True and runs['report']['pushed_model']
-  source_model = _artifact(root / 'source', 'FinetuneTrainer', 'Model')  # the source's production model
+def test_target_run_records_the_source_model_trains_and_pushes(ctnet_run):
+  root = ctnet_run['root']
+  assert ctnet_run['report']['blessed'] is True and ctnet_run['report']['pushed_model']
+  source_model = _artifact(ctnet_run['source'], 'FinetuneTrainer', 'Model')  # the source's production model
   resolved = _artifact(root / 'target', 'SourceModelResolver', 'Model')
   assert resolved.custom_properties['source_uri'].string_value == source_model.uri
   assert resolved.custom_properties['source_model_id'].int_value == source_model.id
@@ -68,10 +77,9 @@ def test_target_run_records_the_source_model_trains_and_pushes(runs):
     assert compared == len(source.weights) - len(source.get_layer('logit').weights)
 
 
-def test_pushed_ctnet_model_serves_raw_examples(runs):
+def test_pushed_ctnet_model_serves_raw_examples(ctnet_run):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  serve = tf.saved_model.load(runs['report']['pushed_model']).signatures['serving_default']
-  spec = synthetic.FEATURE_SPEC
-  columns = [c for c in spec.raw_columns if c not in spec.label_columns]
-  scores = serve(examples=_serialized_examples(runs['frame'].iloc[-32:], columns))['ctr'].numpy()
+  serve = tf.saved_model.load(ctnet_run['report']['pushed_model']).signatures['serving_default']
+  columns = runs.request_columns(synthetic.FEATURE_SPEC)
+  scores = serve(examples=runs.serialized_examples(ctnet_run['frame'].iloc[-32:], columns))['ctr'].numpy()
   assert scores.shape == (32,) and np.all((scores > 0) & (scores < 1))

@@ -10,13 +10,12 @@ import tensorflow as tf
 from data import synthetic
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import eval_config
-from tests.pipeline.test_pipeline_e2e import _pushed_versions, _run, _serialized_examples, _write_split
+from tests import runs
 
 ROWS = 3000
 # A small domain's eval slice may hold no conversion at all (its AUC is then 0): no bound on cvr and ctcvr here.
 ESMM_RUN = ['--head', 'esmm', '--balancing', 'uncertainty', '--pcgrad', '--pretrain-steps', '100',
-            '--finetune-steps', '20', '--eval-steps', '2', '--hidden-units', '16-8',
-            '--task-min-auc', 'cvr=0,ctcvr=0']
+            '--finetune-steps', '20', '--eval-steps', '2', '--min-domain-auc', '0.3', '--task-min-auc', 'cvr=0,ctcvr=0']
 
 
 def test_eval_config_gates_every_task_with_its_threshold():
@@ -37,8 +36,8 @@ def esmm_run(tmp_path_factory):
   root = tmp_path_factory.mktemp('multitask')
   data_dir, output_dir = root / 'data', root / 'out'
   frame = synthetic.generate(ROWS, seed=5)
-  _write_split(frame, data_dir)
-  assert _run(output_dir, data_dir, ESMM_RUN) == 0
+  runs.write_split(frame, data_dir)
+  assert runs.run_cli(output_dir, data_dir, ESMM_RUN) == 0
   with open(output_dir / 'report.json') as f:
     return {'output_dir': output_dir, 'frame': frame, 'report': json.load(f)}
 
@@ -48,7 +47,7 @@ def test_esmm_model_is_blessed_and_pushed(esmm_run):
   report = esmm_run['report']
   assert report['blessed'] is True
   assert report['pushed_model'] and os.path.exists(os.path.join(report['pushed_model'], 'saved_model.pb'))
-  assert len(_pushed_versions(esmm_run['output_dir'])) == 1
+  assert len(runs.pushed_versions(esmm_run['output_dir'])) == 1
   assert set(report['tasks']) == {'ctr', 'cvr', 'ctcvr'}  # each task scored (and gated) per domain
   for task, values in report['tasks'].items():
     assert 0.0 <= values['auc_finetune'] <= 1.0, task
@@ -59,9 +58,8 @@ def test_esmm_model_is_blessed_and_pushed(esmm_run):
 @pytest.mark.e2e
 def test_serving_default_returns_every_task(esmm_run):
   serve = tf.saved_model.load(esmm_run['report']['pushed_model']).signatures['serving_default']
-  spec = synthetic.FEATURE_SPEC
-  columns = [c for c in spec.raw_columns if c not in spec.label_columns]
-  outputs = serve(examples=_serialized_examples(esmm_run['frame'].iloc[-32:], columns))
+  columns = runs.request_columns(synthetic.FEATURE_SPEC)
+  outputs = serve(examples=runs.serialized_examples(esmm_run['frame'].iloc[-32:], columns))
   assert set(outputs) == {'ctr', 'cvr', 'ctcvr'}
   ctr, cvr, ctcvr = (outputs[t].numpy() for t in ('ctr', 'cvr', 'ctcvr'))
   assert ctr.shape == cvr.shape == ctcvr.shape == (32,)

@@ -1,4 +1,7 @@
-"""The real pipeline (LocalDagRunner, in-memory Beam) end to end on a few thousand rows."""
+"""The real pipeline end to end: what the session's shared run (tests/runs.py) wrote, and the smallest real
+runs that show what stops a push (the gate) or a run (validation). `make test-all` adds each of these
+scenarios as a full pipeline run of its own (the `slow` tests)."""
+import glob
 import json
 import os
 
@@ -6,117 +9,135 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+import tensorflow_data_validation as tfdv
+import tensorflow_transform as tft
+import tf_keras
+from tfx import v1 as tfx
 
-import tfx_runner
+from components import anomalies_gate
 from data import synthetic
-from models.features import FEATURE_SPEC_FILE
+from models.trainer import export_serving_model, keras_model_path
+from pipeline import lineage
+from pipeline.config import LOCAL_BEAM_ARGS
+from pipeline.pipeline import eval_config, evaluation_split
+import schemas
+from tests import runs
 
 pytestmark = pytest.mark.e2e
 
-ROWS = 5000
-SMALL_RUN = ['--pretrain-steps', '150', '--finetune-steps', '60', '--eval-steps', '5', '--batch-size', '256',
-             '--hidden-units', '32-16', '--min-domain-auc', '0.3']
 
-
-def _write_split(frame: pd.DataFrame, data_dir, shuffle_train_labels=False):
-  """Fixed train/eval folders: the eval rows never change, so runs are judged on the same examples."""
-  cut = int(len(frame) * 0.8)
-  train, evaluation = frame.iloc[:cut].copy(), frame.iloc[cut:]
-  if shuffle_train_labels:
-    train['click'] = np.random.default_rng(0).permutation(train['click'].to_numpy())
-    train['conversion'] = train['click'] * train['conversion']
-  synthetic.write_csv(train, str(data_dir / 'train'))
-  synthetic.write_csv(evaluation, str(data_dir / 'eval'))
-
-
-def _run(output_dir, data_dir=None, extra=()):
-  args = ['run', '--output-dir', str(output_dir)] + SMALL_RUN + list(extra)
-  if data_dir:
-    args += ['--data-path', str(data_dir)]
-  return tfx_runner.main(args)
-
-
-def _pushed_versions(output_dir):
-  base = os.path.join(output_dir, 'serving', 'ctr')
-  return sorted(os.listdir(base)) if os.path.isdir(base) else []
-
-
-@pytest.fixture(scope='module')
-def clean_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp('pipeline')
-  data_dir, output_dir = root / 'data', root / 'out'
-  frame = synthetic.generate(ROWS, seed=3)
-  _write_split(frame, data_dir)
-  assert _run(output_dir, data_dir) == 0
-  with open(output_dir / 'report.json') as f:
-    return {'data_dir': data_dir, 'output_dir': output_dir, 'frame': frame, 'report': json.load(f)}
-
-
-def test_clean_data_is_blessed_and_pushed(clean_run):
-  report = clean_run['report']
+def test_shared_run_is_blessed_and_pushed(shared_run):
+  report = shared_run.report
   assert report['blessed'] is True
   assert report['pushed_model'] and os.path.exists(os.path.join(report['pushed_model'], 'saved_model.pb'))
-  versions = _pushed_versions(clean_run['output_dir'])
+  versions = runs.pushed_versions(shared_run.output_dir)
   assert len(versions) == 1 and versions[0].isdigit()  # TF Serving layout: <base>/<model>/<version>/
 
 
-def test_report_has_metrics_for_every_domain(clean_run):
-  report = clean_run['report']
+def test_report_has_metrics_for_every_domain(shared_run):
+  report = shared_run.report
+  assert report['eval_split'] == 'test'  # judged on rows no Trainer selected on
   assert [row['domain'] for row in report['domains']] == synthetic.FEATURE_SPEC.domains
-  eval_rows = clean_run['frame'].iloc[int(ROWS * 0.8):]
+  train, test = shared_run.frame('train'), shared_run.frame('test')
   for row in report['domains']:
-    assert row['train_examples'] > 0
-    assert row['eval_examples'] == (eval_rows.domain == row['domain']).sum()
+    assert row['train_examples'] == (train.domain == row['domain']).sum() > 0
+    assert row['eval_examples'] == (test.domain == row['domain']).sum()
     assert 0.0 <= row['auc_pretrain'] <= 1.0 and 0.0 <= row['auc_finetune'] <= 1.0
   for key in ('auc_pretrain', 'auc_finetune', 'wauc_pretrain', 'wauc_finetune'):
     assert 0.5 < report[key] <= 1.0
-  assert os.path.getsize(clean_run['output_dir'] / 'domain_auc.png') > 1000
+  assert os.path.getsize(os.path.join(shared_run.output_dir, 'domain_auc.png')) > 1000
 
 
-def _serialized_examples(frame: pd.DataFrame, columns):
-  serialized = []
-  for row in frame[columns].itertuples(index=False):
-    feature = {}
-    for column, value in zip(columns, row):
-      if isinstance(value, str):
-        feature[column] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
-      elif isinstance(value, (float, np.floating)):
-        feature[column] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-      else:
-        feature[column] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-    serialized.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-  return tf.constant(serialized)
-
-
-def test_pushed_model_answers_serialized_examples(clean_run):
-  model = tf.saved_model.load(clean_run['report']['pushed_model'])
-  serve = model.signatures['serving_default']
-  spec = synthetic.FEATURE_SPEC
-  columns = [c for c in spec.raw_columns if c not in spec.label_columns]  # a serving request has no labels
-  frame = clean_run['frame'].iloc[-64:]
-  scores = serve(examples=_serialized_examples(frame, columns))['ctr'].numpy()
+def test_pushed_model_answers_serialized_examples(shared_run):
+  serve = tf.saved_model.load(shared_run.report['pushed_model']).signatures['serving_default']
+  columns = runs.request_columns(synthetic.FEATURE_SPEC)
+  frame = shared_run.frame('test').iloc[-64:]
+  scores = serve(examples=runs.serialized_examples(frame, columns))['ctr'].numpy()
   assert scores.shape == (64,) and np.all((scores > 0) & (scores < 1))
   assert np.std(scores) > 1e-4  # depends on the features, not a constant
 
   unknown = frame.assign(domain='not_a_domain')  # scored by the backbone alone, never an error
-  unknown_scores = serve(examples=_serialized_examples(unknown, columns))['ctr'].numpy()
+  unknown_scores = serve(examples=runs.serialized_examples(unknown, columns))['ctr'].numpy()
   assert np.all(np.isfinite(unknown_scores))
 
 
-def test_model_worse_than_blessed_is_not_pushed(clean_run, tmp_path):
-  """Trained on shuffled labels and judged on the same eval rows, the candidate loses to the blessed
-  model: no blessing, no push, and the pushed version stays."""
-  versions_before = _pushed_versions(clean_run['output_dir'])
-  data_dir = tmp_path / 'shuffled'
-  _write_split(clean_run['frame'], data_dir, shuffle_train_labels=True)
-  assert _run(clean_run['output_dir'], data_dir) == 0
-  with open(clean_run['output_dir'] / 'report.json') as f:
+# --- The gate: a worse model is not pushed -------------------------------------------------------------
+
+def _degraded_copy(model_uri: str, transform_uri: str, spec, destination: str) -> str:
+  """A Model artifact folder holding `model_uri`'s model with its output layer's kernel negated: the same
+  model, ranking backwards."""
+  model = tf_keras.models.load_model(keras_model_path(os.path.join(model_uri, 'Format-Serving')))
+  logit = model.get_layer('logit')
+  logit.kernel.assign(-logit.kernel)
+  export_serving_model(model, tft.TFTransformOutput(transform_uri), spec, os.path.join(destination, 'Format-Serving'))
+  return destination
+
+
+def _gate_and_push(shared_run, candidate_uri: str, root: str) -> dict:
+  """The pipeline's Evaluator (its gate config) and Pusher, run for real on the shared run's examples with
+  `candidate_uri` as the candidate and the shared run's pushed model as the production model; returns the
+  blessing's and the push's outcome."""
+  config = shared_run.config()
+  examples = lineage.latest_artifacts(config, 'CsvExampleGen', 'examples', lineage.OUTPUT)[0]
+  production = lineage.latest_artifacts(config, 'Pusher', 'model')[0]
+
+  def imported(node_id, uri, artifact_type, **properties):
+    return tfx.dsl.Importer(source_uri=uri, artifact_type=artifact_type, properties=properties).with_id(node_id)
+
+  examples_node = imported('examples', examples.uri, tfx.types.standard_artifacts.Examples,
+                           split_names=examples.properties['split_names'].string_value)
+  candidate = imported('candidate', candidate_uri, tfx.types.standard_artifacts.Model)
+  baseline = imported('production', production.uri, tfx.types.standard_artifacts.Model)
+  evaluator = tfx.components.Evaluator(
+      examples=examples_node.outputs['result'], model=candidate.outputs['result'],
+      baseline_model=baseline.outputs['result'], example_splits=[evaluation_split(config)],
+      eval_config=eval_config(config, gate=True))
+  serving = os.path.join(root, 'serving')
+  pusher = tfx.components.Pusher(
+      model=candidate.outputs['result'], model_blessing=evaluator.outputs['blessing'],
+      push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+          base_directory=serving)))
+  tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+      pipeline_name='gate-check', pipeline_root=os.path.join(root, 'pipeline_root'),
+      components=[examples_node, candidate, baseline, evaluator, pusher], beam_pipeline_args=list(LOCAL_BEAM_ARGS),
+      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+          os.path.join(root, 'metadata.db'))))
+  [blessing] = glob.glob(os.path.join(root, 'pipeline_root', 'Evaluator', 'blessing', '*'))
+  return {'blessed': os.path.exists(os.path.join(blessing, 'BLESSED')),
+          'not_blessed': os.path.exists(os.path.join(blessing, 'NOT_BLESSED')),
+          'pushed_versions': os.listdir(serving) if os.path.isdir(serving) else []}
+
+
+def test_a_model_worse_than_production_is_not_blessed_nor_pushed(shared_run, tmp_path):
+  config = shared_run.config()
+  production = lineage.latest_artifacts(config, 'Pusher', 'model')[0].uri
+  transform = lineage.latest_artifacts(config, 'Transform', 'transform_graph', lineage.OUTPUT)[0].uri
+  degraded = _degraded_copy(production, transform, shared_run.spec, str(tmp_path / 'degraded'))
+  outcome = _gate_and_push(shared_run, degraded, str(tmp_path / 'worse'))
+  assert outcome == {'blessed': False, 'not_blessed': True, 'pushed_versions': []}
+  # The control: the same gate passes the production model itself (no AUC drop) and the Pusher pushes it.
+  outcome = _gate_and_push(shared_run, production, str(tmp_path / 'same'))
+  assert outcome['blessed'] and len(outcome['pushed_versions']) == 1
+
+
+@pytest.mark.slow
+def test_model_trained_on_shuffled_labels_is_not_pushed(shared_run, tmp_path):
+  """A full run on the shared run's rows with shuffled training labels, on top of its production model:
+  judged on the same test rows, the candidate loses to it; no blessing, no push, the pushed version stays."""
+  output_dir = shared_run.copy_production(str(tmp_path / 'out'))
+  versions_before = runs.pushed_versions(output_dir)
+  frame = pd.concat([shared_run.frame(split) for split in ('train', 'eval', 'test')], ignore_index=True)
+  runs.write_split(frame, tmp_path / 'shuffled', shuffle_train_labels=True)
+  assert runs.run_cli(output_dir, tmp_path / 'shuffled', ['--min-domain-auc', '0']) == 0
+  with open(os.path.join(output_dir, 'report.json')) as f:
     report = json.load(f)
-  assert report['auc_finetune'] < clean_run['report']['auc_finetune']
+  assert report['auc_finetune'] < shared_run.report['auc_finetune']
   assert report['blessed'] is False
   assert report['pushed_model'] is None
-  assert _pushed_versions(clean_run['output_dir']) == versions_before
+  assert runs.pushed_versions(output_dir) == versions_before
 
+
+# --- Validation: bad input stops the run before training -----------------------------------------------
 
 def _corrupt(frame: pd.DataFrame, case: str) -> pd.DataFrame:
   frame = frame.copy()
@@ -134,17 +155,46 @@ def _corrupt(frame: pd.DataFrame, case: str) -> pd.DataFrame:
   raise ValueError(case)
 
 
-@pytest.mark.parametrize('case,field', [('missing_column', 'item_id'), ('text_in_numeric', 'price'),
-                                        ('unknown_domain', 'domain'), ('empty', 'no examples')])
-def test_bad_input_stops_before_training(case, field, tmp_path, capsys):
-  data_dir, output_dir = tmp_path / 'data', tmp_path / 'out'
-  synthetic.write_csv(_corrupt(synthetic.generate(1500, seed=4), case), str(data_dir))
-  assert _run(output_dir, data_dir) == 2
-  message = capsys.readouterr().err
+BAD_INPUTS = [('missing_column', 'item_id'), ('text_in_numeric', 'price'), ('unknown_domain', 'domain'),
+              ('empty', 'no examples')]
+
+
+@pytest.mark.parametrize('case,field', BAD_INPUTS)
+def test_bad_input_is_refused_naming_the_field(case, field, tmp_path):
+  """TFDV's statistics and validation of the bad file against the schema, as StatisticsGen and
+  ExampleValidator compute them, through the AnomaliesGate's own check and message."""
+  data_dir = str(tmp_path / 'data')
+  path = synthetic.write_csv(_corrupt(synthetic.generate(1500, seed=4), case), data_dir)
+  statistics = tfdv.generate_statistics_from_csv(path)
+  anomalies = tfdv.validate_statistics(statistics, schemas.load_schema(schemas.DEFAULT_SCHEMA_PATH))
+  problems = anomalies_gate.find_problems('train', statistics, anomalies)
+  message = str(anomalies_gate.validation_error(problems, schemas.DEFAULT_SCHEMA_PATH))
+  assert problems and field in message
+  assert 'schema' in message  # says how to fix it
+
+
+def _assert_stopped_before_training(status, output_dir, message, field):
+  assert status == 2
   assert 'Run stopped before training' in message and field in message
   assert 'schema' in message  # says how to fix it
   pipeline_root = output_dir / 'pipeline_root'
   assert not (pipeline_root / 'Transform').exists()
   assert not (pipeline_root / 'PretrainTrainer').exists()
-  assert _pushed_versions(output_dir) == []
+  assert runs.pushed_versions(output_dir) == []
   assert not (output_dir / 'report.json').exists()
+
+
+def test_bad_input_stops_the_run_before_training(tmp_path, capsys):
+  data_dir, output_dir = tmp_path / 'data', tmp_path / 'out'
+  synthetic.write_csv(_corrupt(synthetic.generate(1500, seed=4), 'missing_column'), str(data_dir))
+  status = runs.run_cli(output_dir, data_dir)
+  _assert_stopped_before_training(status, output_dir, capsys.readouterr().err, 'item_id')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case,field', BAD_INPUTS)
+def test_each_bad_input_stops_its_run_before_training(case, field, tmp_path, capsys):
+  data_dir, output_dir = tmp_path / 'data', tmp_path / 'out'
+  synthetic.write_csv(_corrupt(synthetic.generate(1500, seed=4), case), str(data_dir))
+  status = runs.run_cli(output_dir, data_dir)
+  _assert_stopped_before_training(status, output_dir, capsys.readouterr().err, field)

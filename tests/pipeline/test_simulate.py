@@ -1,11 +1,14 @@
-"""The simulated days: one world, a falling click rate, a new domain with its contract update, the tables."""
+"""The simulated days: one world, a falling click rate, a new domain with its contract update, the tables,
+and the `simulate` command (the session's shared run is its first day, tests/runs.py)."""
 import pandas as pd
+import pytest
 
 from data import synthetic
 from models.features import FeatureSpec
 from pipeline import simulate
 from pipeline.config import span_numbers
 import schemas
+from tests import runs
 
 DRIFT = simulate.Drift(drift_domain='banner', click_drop=0.3, new_domain_day=3, new_domain_share=0.1)
 ROWS = 4000
@@ -53,12 +56,14 @@ def test_contract_gains_the_new_domain_on_its_day(tmp_path):
   assert [f.name for f in schema.feature] == [f.name for f in curated.feature]
 
 
-def test_spans_are_written_with_train_and_eval(tmp_path):
+def test_spans_are_written_with_train_eval_and_test(tmp_path):
   _, days = _days()
   folder = simulate.write_span(days[0], str(tmp_path), 7)
   assert span_numbers(str(tmp_path)) == [7]
-  train, evaluation = (pd.read_csv(f'{folder}/{s}/data.csv') for s in ('train', 'eval'))
-  assert len(train) + len(evaluation) == ROWS and len(evaluation) == ROWS * simulate.EVAL_SHARE
+  splits = [pd.read_csv(f'{folder}/{s}/data.csv') for s in ('train', 'eval', 'test')]
+  assert [len(s) for s in splits] == [round(ROWS * share) for share in simulate.SPLIT_SHARES]
+  pd.testing.assert_frame_equal(pd.concat(splits, ignore_index=True), days[0].reset_index(drop=True),
+                                check_dtype=False)  # consecutive slices of the day, in order
 
 
 def test_tables_show_candidate_and_production():
@@ -76,3 +81,18 @@ def test_tables_show_candidate_and_production():
   lines = simulate.format_summary([summary, stopped]).splitlines()
   assert lines[2].split() == ['2', '100', '61', 'yes', '0.6600', '0.6400', 'True', 'yes']
   assert lines[3].split()[-2:] == ['stopped', 'no']
+
+
+@pytest.mark.e2e
+def test_simulate_command_runs_each_day_and_prints_its_table(shared_run):
+  printed = shared_run.printed
+  assert f'span 1: {runs.SHARED_ROWS} rows, 7 domains, warm start: none (from scratch)' in printed
+  rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.split()}
+  for domain in synthetic.FEATURE_SPEC.domains:  # the candidate's AUC; no production model on day 1
+    assert float(rows[domain][0]) == pytest.approx(shared_run.report['domains'][
+        synthetic.FEATURE_SPEC.domains.index(domain)]['auc_finetune'], abs=5e-5) and rows[domain][1:] == ['-', '-']
+  assert f'blessed: True  pushed: {shared_run.report["pushed_model"]}' in printed
+  summary = next(line for line in printed.splitlines() if line.split()[:2] == ['1', str(runs.SHARED_ROWS)])
+  assert summary.split()[3:] == ['no', f'{shared_run.report["auc_finetune"]:.4f}', '-', 'True', 'yes']
+  assert 'total wall time' in printed
+  assert span_numbers(shared_run.data_root) == [1]

@@ -1,6 +1,7 @@
 """Continual runs on daily span folders: the newest span is ingested, the backbone warm-starts from the
 production model, a corrupted span is stopped by validation, and a failed run's re-run reuses the cached
-components. The e2e tests share one output folder and run in file order, as the days do."""
+components. The e2e tests continue the session's shared run (span 1, tests/runs.py) in one output folder
+holding a copy of its production model, and run in file order, as the days do."""
 import dataclasses
 import json
 import os
@@ -20,10 +21,10 @@ from pipeline import simulate
 from pipeline.config import PipelineConfig, latest_span_path, span_numbers
 from pipeline.pipeline import create_pipeline
 import schemas
+from tests import runs
 
-ROWS = 3000  # per span
-SMALL = dict(pretrain_steps=150, finetune_steps=60, eval_steps=5, batch_size=256, hidden_units=(32, 16),
-             min_domain_auc=0.0)  # the first run is blessed whatever a tiny domain's AUC
+ROWS = runs.SHARED_ROWS  # per span
+SMALL = dict(runs.TINY, min_domain_auc=0.0)  # the shared run's settings: its model is the production model
 UNTIL_PRETRAIN = ('CsvExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator', 'AnomaliesGate',
                   'Transform', 'PretrainTrainer')
 USER_EMBEDDING = 'embedding_user_id_xf'
@@ -35,8 +36,9 @@ def _write_span(data_root, day, frame):
 
 def _config(root, **overrides) -> PipelineConfig:
   data = root / 'data'
-  return PipelineConfig(data_path=str(data), schema_path=str(data / schemas.SCHEMA_FILE), output_dir=str(root / 'out'),
-                        feature_spec=synthetic.FEATURE_SPEC, **{**SMALL, **overrides})
+  settings = {'schema_path': str(data / schemas.SCHEMA_FILE), **SMALL, **overrides}
+  return PipelineConfig(data_path=str(data), output_dir=str(root / 'out'), feature_spec=synthetic.FEATURE_SPEC,
+                        **settings)
 
 
 def test_span_folders_are_found_and_the_newest_is_read(tmp_path):
@@ -48,10 +50,11 @@ def test_span_folders_are_found_and_the_newest_is_read(tmp_path):
   assert latest_span_path(str(tmp_path / 'data')).endswith('span-10')
   config = _config(tmp_path)
   assert config.spans and config.warm_start  # both follow the span folders
-  assert config.input_layout() == ('csv', ['train', 'eval'])
+  assert config.input_layout() == ('csv', ['train', 'eval', 'test'])
   components = {c.id: c for c in create_pipeline(config).components}
   input_config = json.loads(components['CsvExampleGen'].exec_properties['input_config'])
-  assert [s['pattern'] for s in input_config['splits']] == ['span-{SPAN}/train/*', 'span-{SPAN}/eval/*']
+  assert [s['pattern'] for s in input_config['splits']] == ['span-{SPAN}/train/*', 'span-{SPAN}/eval/*',
+                                                            'span-{SPAN}/test/*']
   assert components['PretrainTrainer'].inputs['base_model'].producer_component_id == 'LatestBlessedModelResolver'
 
 
@@ -81,19 +84,32 @@ def _keras(model_uri):
   return tf_keras.models.load_model(models.trainer.keras_model_path(os.path.join(model_uri, 'Format-Serving')))
 
 
-@pytest.fixture(scope='module')
-def days(tmp_path_factory):
-  """Span 1 runs and is blessed; span 2's first run fails in the fine-tune stage (a killed run) and its
-  re-run finishes. The cache is on."""
+@pytest.fixture(scope='module', params=['shared', pytest.param('own', marks=pytest.mark.slow)])
+def first_span(request, tmp_path_factory):
+  """(root, span 1's schema file, span 1's blessed model URI): span 1 is the shared run, whose production
+  model is copied into root/out (its cache was on), or (`make test-all`) a run of its own there."""
   root = tmp_path_factory.mktemp('spans')
-  world = synthetic.generate(2 * ROWS, seed=5)
   simulate.write_contract(str(root / 'data'), synthetic.FEATURE_SPEC)
-  _write_span(root / 'data', 1, world.iloc[:ROWS])
-  config = _config(root, enable_cache=True)
-  first = tfx_runner.run_pipeline(config)
-  first_model = lineage.latest_artifacts(config, 'FinetuneTrainer', 'model', lineage.OUTPUT)[0].uri
+  if request.param == 'shared':
+    shared = request.getfixturevalue('shared_run')
+    shared.copy_production(str(root / 'out'))
+    schema_path, first = shared.schema_path, shared.config()
+  else:
+    _write_span(root / 'data', 1, synthetic.generate(ROWS, seed=runs.SHARED_SEED))
+    schema_path, first = str(root / 'data' / schemas.SCHEMA_FILE), _config(root, enable_cache=True)
+    report = tfx_runner.run_pipeline(first)
+    assert report['blessed'] and report['pushed_model'] and len(_pushed_versions(first)) == 1
+  return root, schema_path, lineage.latest_artifacts(first, 'FinetuneTrainer', 'model', lineage.OUTPUT)[0].uri
 
-  _write_span(root / 'data', 2, world.iloc[ROWS:])
+
+@pytest.fixture(scope='module')
+def days(first_span):
+  """Span 1 is blessed, its cache on; span 2's first run fails in the fine-tune stage (a killed run) and its
+  re-run finishes. The cache is on, and span 2 is validated against span 1's schema file, so its schema
+  import is span 1's, cached."""
+  root, schema_path, first_model = first_span
+  _write_span(root / 'data', 2, synthetic.generate(ROWS, seed=5))  # other logs of other users and items
+  config = _config(root, enable_cache=True, schema_path=schema_path)
   with pytest.MonkeyPatch.context() as patch:
     def killed(*args):
       raise RuntimeError('fine-tune killed')
@@ -103,14 +119,8 @@ def days(tmp_path_factory):
       tfx_runner.run_pipeline(config)
   failed = lineage.latest_run_states(config)
   second = tfx_runner.run_pipeline(config)
-  return {'root': root, 'config': config, 'first': first, 'first_model': first_model, 'failed': failed,
-          'second': second, 'rerun': lineage.latest_run_states(config)}
-
-
-@pytest.mark.e2e
-def test_first_span_is_blessed_and_pushed(days):
-  assert days['first']['blessed'] and days['first']['pushed_model']
-  assert len(_pushed_versions(days['config'])) >= 1
+  return {'root': root, 'config': config, 'first_model': first_model, 'failed': failed, 'second': second,
+          'rerun': lineage.latest_run_states(config)}
 
 
 @pytest.mark.e2e
@@ -131,7 +141,7 @@ def test_second_span_warm_starts_from_the_first_blessed_model(days):
 def test_rerun_after_a_killed_run_reuses_cached_components(days):
   complete, cached = metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED
   # The failed run computed everything up to the fine-tune stage for span 2; only the schema import, which
-  # has no inputs and an unchanged schema file, came from span 1's run.
+  # has no inputs and an unchanged schema file, came from span 1's run (the shared run).
   expected = {**dict.fromkeys(UNTIL_PRETRAIN, complete), 'ImportSchemaGen': cached}
   assert {node: days['failed'][node] for node in UNTIL_PRETRAIN} == expected
   assert days['failed']['FinetuneTrainer'] == metadata_store_pb2.Execution.FAILED
@@ -160,8 +170,9 @@ def test_onboarding_a_new_domain_trains_its_adapter_alone(days):
   drift = simulate.Drift(new_domain_day=4)
   spec = simulate.day_spec(4, drift)
   simulate.write_contract(str(days['root'] / 'data'), spec)
-  _write_span(days['root'] / 'data', 4, simulate.day_frame(synthetic.generate(4 * ROWS, seed=5), 4, ROWS, drift, 0))
-  onboarding = dataclasses.replace(config, feature_spec=spec, onboard_domains=(drift.new_domain,), enable_cache=False)
+  _write_span(days['root'] / 'data', 4, simulate.day_frame(synthetic.generate(4 * ROWS, seed=7), 4, ROWS, drift, 0))
+  onboarding = dataclasses.replace(config, feature_spec=spec, onboard_domains=(drift.new_domain,), enable_cache=False,
+                                   schema_path=str(days['root'] / 'data' / schemas.SCHEMA_FILE))  # with the domain
   report = tfx_runner.run_pipeline(onboarding)
 
   ran = lineage.latest_run_states(onboarding)
