@@ -29,6 +29,11 @@ def _hidden_units(text: str):
   return units
 
 
+def _names(text: str):
+  """Comma-separated names, like user_id,item_id."""
+  return [name for name in text.split(',') if name]
+
+
 def _task_thresholds(text: str):
   try:
     return {task: float(value) for task, value in (item.split('=') for item in text.split(','))}
@@ -226,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         'csv: the domain column')
   prepare.add_argument('--label-rule', choices=['ge4', 'eq5'], help='MovieLens click: rating >= 4 (default) or == 5')
   prepare.add_argument('--label-columns', help='csv: comma-separated label columns, the click label first')
+  prepare.add_argument('--categorical', type=_names,
+                       help='csv: comma-separated categorical feature columns (default: inferred; integer ids, a '
+                            'column named ...id or unique on most rows, are categorical)')
+  prepare.add_argument('--numeric', type=_names,
+                       help='csv: comma-separated numeric feature columns (default: inferred); with --categorical '
+                            'or --numeric only the listed columns are features')
+  prepare.add_argument('--user-column', help='csv: the user id column (a categorical feature; GAUC groups by it)')
 
   bench = commands.add_parser(
       'bench', help='benchmark grid: dataset x domain split x backbone x adaptation method x seed',
@@ -292,7 +304,9 @@ def prepare_data(args) -> int:
   elif args.dataset == 'csv':
     if not args.domain or not args.label_columns:
       raise SystemExit('prepare csv needs --domain (the domain column) and --label-columns.')
-    options = {'domain_column': args.domain, 'label_columns': args.label_columns.split(',')}
+    options = {'domain_column': args.domain, 'label_columns': args.label_columns.split(','),
+               **{k: v for k, v in (('categorical', args.categorical), ('numeric', args.numeric),
+                                    ('user_column', args.user_column)) if v}}
   try:
     record = prepare(args.dataset, args.source, args.output_dir, split=args.split, ratios=args.ratios,
                      seed=args.seed, overwrite=args.overwrite, **options)

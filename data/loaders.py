@@ -422,12 +422,16 @@ def load_kuairand(source: str, pattern: str = '*.csv') -> Loaded:
 
 # --- Generic CSV -----------------------------------------------------------------------------------
 
-def _is_numeric_feature(text: pd.Series, numeric_min_distinct: int) -> bool:
-  """Numbers with at least `numeric_min_distinct` distinct values, or any non-integer number."""
+def _is_numeric_feature(name: str, text: pd.Series, numeric_min_distinct: int) -> bool:
+  """Numbers with at least `numeric_min_distinct` distinct values, or any non-integer number; but not an
+  identifier: integers in a column named like one (`id`, `user_id`, `itemId`) or unique on most rows."""
   numbers = pd.to_numeric(text[text.str.strip() != ''], errors='coerce')
   if numbers.isna().any():
     return False
-  return bool((numbers % 1 != 0).any()) or numbers.nunique() >= numeric_min_distinct
+  if bool((numbers % 1 != 0).any()):
+    return True
+  identifier = name.lower().endswith('id') or numbers.nunique() > 0.5 * len(numbers)
+  return not identifier and numbers.nunique() >= numeric_min_distinct
 
 
 def load_csv(source: str, domain_column: str, label_columns: Sequence[str],
@@ -442,7 +446,8 @@ def load_csv(source: str, domain_column: str, label_columns: Sequence[str],
     label_columns: 0/1 labels; the first is the click label, the others are extra labels.
     categorical, numeric: The feature columns. When neither is given, every other column is a
       feature: numeric when it holds non-integer numbers or integers with at least
-      `numeric_min_distinct` distinct values, categorical otherwise. When either is given, only the
+      `numeric_min_distinct` distinct values, categorical otherwise; integers that identify something
+      (a column named `...id`, or unique on most rows) are categorical. When either is given, only the
       listed columns are features.
     user_column: Identifies the user; always a categorical feature.
     numeric_min_distinct: See above.
@@ -455,7 +460,8 @@ def load_csv(source: str, domain_column: str, label_columns: Sequence[str],
   raw = read_table(source, [domain_column, *label_columns, *given])
   if categorical is None and numeric is None:
     features = [c for c in raw.columns if c not in (domain_column, *label_columns)]
-    numeric = [c for c in features if c != user_column and _is_numeric_feature(raw[c], numeric_min_distinct)]
+    numeric = [c for c in features
+               if c != user_column and _is_numeric_feature(c, raw[c], numeric_min_distinct)]
     categorical = [c for c in features if c not in numeric]
   categorical = list(dict.fromkeys([*(categorical or ()), *([user_column] if user_column else [])]))
   numeric = [c for c in numeric or () if c not in categorical]

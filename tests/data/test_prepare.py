@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 from tensorflow_metadata.proto.v0 import schema_pb2
 
+import tfx_runner
+from data import synthetic
 from data.prepare import DataFormatError, prepare
 from data.split import SPLITS
 from models.features import FeatureSpec
@@ -176,3 +178,25 @@ def test_unknown_domain_option_is_rejected(tmp_path):
   with pytest.raises(DataFormatError, match="option domain: expected one of .*, found 'country'"):
     prepare('movielens', write_ml100k(tmp_path), str(tmp_path / 'out'), domain='country')
   assert not (tmp_path / 'out').exists()
+
+
+def test_prepare_command_on_a_generic_csv(tmp_path, capsys):
+  """`tfx_runner.py prepare csv`: integer ids are categorical unless told otherwise, the rest inferred."""
+  source = synthetic.write_csv(synthetic.generate(600, seed=2), str(tmp_path / 'raw'))
+  output_dir = tmp_path / 'prepared'
+  assert tfx_runner.main(['prepare', 'csv', '--source', source, '--output-dir', str(output_dir), '--domain', 'domain',
+                          '--label-columns', 'click,conversion', '--user-column', 'user_id']) == 0
+  assert f'Prepared csv in {output_dir}' in capsys.readouterr().out
+  spec = FeatureSpec.load(str(output_dir))
+  assert (spec.label, spec.extra_labels, spec.user) == ('click', ['conversion'], 'user_id')
+  assert {'user_id', 'item_id', 'context'} <= set(spec.categorical)  # integer ids are ids, not z-scored numbers
+  assert {'price', 'user_activity'} <= set(spec.numeric)
+  assert sum(len(pd.read_csv(output_dir / split / 'data.csv')) for split in SPLITS) == 600
+
+  assert tfx_runner.main(['prepare', 'csv', '--source', source, '--output-dir', str(tmp_path / 'listed'),
+                          '--domain', 'domain', '--label-columns', 'click', '--categorical', 'item_id',
+                          '--numeric', 'price']) == 0
+  listed = FeatureSpec.load(str(tmp_path / 'listed'))
+  assert (listed.categorical, listed.numeric) == (['item_id'], ['price'])  # only the listed columns
+  with pytest.raises(SystemExit, match='--domain'):
+    tfx_runner.main(['prepare', 'csv', '--source', source, '--output-dir', str(tmp_path / 'x')])
