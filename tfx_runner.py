@@ -121,13 +121,22 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--pcgrad', action='store_true', default=None,
                       help='with --head: project conflicting task gradients off each other (PCGrad)')
   parser.add_argument('--min-domain-auc', type=float, default=None,
-                      help='promotion gate: lowest AUC allowed on any domain (default 0.55)')
+                      help='promotion gate, first run (no production model yet): a domain with enough test data, '
+                           'or the whole test split, blocks the model when its AUC interval lies below this '
+                           '(default 0.55)')
   parser.add_argument('--task-min-auc', type=_task_thresholds, default=None, metavar='TASK=AUC,...',
-                      help='with --head: the lowest AUC of each task output on any domain, like cvr=0.6,ctcvr=0.6 '
+                      help='with --head: the first-run AUC floor of each task output, like cvr=0.6,ctcvr=0.6 '
                            '(default --min-domain-auc)')
-  parser.add_argument('--max-auc-drop', type=float, default=None,
-                      help='promotion gate: largest AUC/WAUC drop allowed against the latest blessed model '
-                           '(default 0.01)')
+  parser.add_argument('--auc-tolerance', type=float, default=None,
+                      help='promotion gate: a domain with enough test data blocks the candidate when its AUC is '
+                           'significantly below production\'s by more than this (default 0.005)')
+  parser.add_argument('--logloss-tolerance', type=float, default=None,
+                      help='promotion gate: the candidate is blocked when its log loss is significantly above '
+                           'production\'s by more than this, overall or in a domain with enough data (default 0.001)')
+  parser.add_argument('--gate-min-examples', type=_positive(int), default=None,
+                      help='promotion gate: test examples a domain needs to decide alone (default 200)')
+  parser.add_argument('--gate-min-positives', type=_positive(int), default=None,
+                      help='promotion gate: positives (and negatives) a domain needs to decide alone (default 20)')
   parser.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
                       help='Beam pipeline argument, repeatable (default: in-memory DirectRunner)')
   parser.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
@@ -187,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='local folder with the data\'s features.json, as `prepare` writes it (default: the '
                              'embedded synthetic data\'s)')
   compile_.add_argument('--data-format', choices=['csv', 'tfrecord'], default='csv', help='span files (default csv)')
-  compile_.add_argument('--splits', type=lambda text: [s for s in text.split(',') if s], default=['train', 'eval'],
-                        help='split folders inside each span, comma-separated (default train,eval); "" for one pool '
-                             'split 4:1 by hash')
+  compile_.add_argument('--splits', type=_names, default=['train', 'eval', 'test'],
+                        help='split folders inside each span, comma-separated (default train,eval,test); without '
+                             'test they are pooled, "" for files directly in the span folder, both split 3:1:1 '
+                             'into train, eval and test by hash')
   compile_.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
   compile_.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
                         help='Beam pipeline argument, repeatable, after the runner\'s (e.g. --beam-arg=--project=P)')
@@ -267,9 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
 
   serve = commands.add_parser(
       'serve', help='serve the pushed model over gRPC with TF Serving\'s API (PredictionService, ModelService)',
-      description='Serve the highest version under MODEL_BASE and switch to a newer one when Pusher writes it, '
-                  'without dropping requests; concurrent requests are batched. For local use and tests: '
-                  'production runs tensorflow_model_server on the same directory (serving/README.md).')
+      description='Serve MODEL_BASE as TF Serving does: the version models.config beside it names (the highest '
+                  'by default; pinning one rolls back), switching without dropping requests when Pusher writes '
+                  'a new one or a version is removed; a version that fails to load is retried; concurrent '
+                  'requests are batched. For local use and tests: production runs tensorflow_model_server on '
+                  'the same directory (serving/README.md).')
   serve.add_argument('--model-base', required=True,
                      help='the model\'s base path, holding <version>/saved_model.pb (OUTPUT_DIR/serving/<model>)')
   serve.add_argument('--model-name', help='the name requests give in model_spec (default: MODEL_BASE\'s folder name)')
@@ -451,7 +463,9 @@ def config_from_args(args):
       'finetune_learning_rate': args.finetune_learning_rate, 'alpha': args.alpha, 'backbone': args.backbone,
       'hidden_units': args.hidden_units, 'embedding_dim': args.embedding_dim,
       'adaptation': args.adaptation, 'pretrain_adaptation': args.pretrain_adaptation,
-      'min_domain_auc': args.min_domain_auc, 'max_auc_drop': args.max_auc_drop,
+      'min_domain_auc': args.min_domain_auc, 'auc_tolerance': args.auc_tolerance,
+      'logloss_tolerance': args.logloss_tolerance, 'gate_min_examples': args.gate_min_examples,
+      'gate_min_positives': args.gate_min_positives,
       'head': args.head, 'balancing': args.balancing, 'pcgrad': args.pcgrad, 'task_min_auc': args.task_min_auc,
       'beam_pipeline_args': beam_pipeline_args(args.beam_runner, args.beam_arg),
       'transfer_source': os.path.abspath(args.transfer_source) if args.transfer_source else None,

@@ -5,21 +5,24 @@
 Copies the highest version under --model-base into a scratch base directory, serves it with
 `tfx_runner.py serve` in a subprocess on 127.0.0.1 (a free port), and for every number of concurrent
 clients (--clients) and request size (--candidates) has each client send --requests Predict requests (and
-stop after --max-seconds at the latest): p50/p99 latency, candidates/second and errors. The same cells run
-on the SavedModel called in this process, with no gRPC, as the floor. Last, clients send requests while a
-new version is copied in the way Pusher writes one: the switch must drop no request.
+stop after --max-seconds at the latest): p50/p95/p99 latency, candidates/second and errors. The same cells
+run on the SavedModel called in this process, with no gRPC, on the same candidate lists, as the floor; the
+goal is p99 <= 2x in-process at 4 clients x 100 candidates. Last, clients send requests while a new version
+is published (by rename) and then removed again (a rollback): neither switch may drop a request. The load
+average is printed before and after: the figures mean something on an otherwise idle machine only.
 """
 import argparse
 import dataclasses
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -53,6 +56,7 @@ class Cell:
     return {'target': self.target, 'clients': self.clients, 'candidates': self.candidates, 'requests': done,
             'errors': self.errors,
             'p50_ms': float(np.percentile(self.latencies_ms, 50)) if done else None,
+            'p95_ms': float(np.percentile(self.latencies_ms, 95)) if done else None,
             'p99_ms': float(np.percentile(self.latencies_ms, 99)) if done else None,
             'candidates_per_s': done * self.candidates / self.seconds if self.seconds else None}
 
@@ -107,11 +111,12 @@ def candidate_lists(examples: List[bytes], size: int, clients: int) -> List[List
 class ServerProcess:
   """`tfx_runner.py serve` on a base directory, in a subprocess on 127.0.0.1 and a free port."""
 
-  def __init__(self, model_base: str, poll_seconds: float):
+  def __init__(self, model_base: str, poll_seconds: float, batching_parameters: Optional[str] = None):
     self.model_name = os.path.basename(model_base)
     self.process = subprocess.Popen(
         [sys.executable, os.path.join(REPO_ROOT, 'tfx_runner.py'), 'serve', '--model-base', model_base, '--port', '0',
-         '--poll-seconds', str(poll_seconds)],
+         '--poll-seconds', str(poll_seconds)] + (['--batching-parameters', batching_parameters]
+                                                 if batching_parameters else []),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT)
     line = self.process.stdout.readline()
     if ' on 127.0.0.1:' not in line:
@@ -143,46 +148,76 @@ def in_process_call(signature: Signature, candidates: List[bytes]) -> Callable[[
 
 def version_switch(server: ServerProcess, base: str, version_dir: str, examples: List[bytes], clients: int,
                    candidates: int, max_seconds: float) -> dict:
-  """Clients send requests while a new version is copied in; returns the cell's figures, the answers per
-  version and the seconds from the copy to the first answer by the new version."""
-  new_version = max(ready_versions(base)) + 1
+  """Clients send requests while a new version is published (copy_version: a copy renamed into place), then
+  while it is removed again (a rollback to the version left); returns the cell's figures, the answers per
+  version and the seconds from each change to the first answer by the version switched to."""
+  old_version = max(ready_versions(base))
+  new_version = old_version + 1
   answers: List[tuple] = []
-  stop, pushed_at = threading.Event(), []
+  stop, changed_at = threading.Event(), {}
 
-  def push():
-    time.sleep(1.0)  # load on the old version first
-    pushed_at.append(time.perf_counter())
-    copy_version(version_dir, base, new_version)
+  def wait_for_answers_from(version) -> None:
     deadline = time.perf_counter() + max_seconds
-    while all(v != new_version for _, v in answers[-clients:]) and time.perf_counter() < deadline:
+    while all(v != version for _, v in answers[-clients:]) and time.perf_counter() < deadline:
       time.sleep(0.05)
-    time.sleep(1.0)  # and a second on the new one
+
+  def push_then_roll_back():
+    time.sleep(1.0)  # load on the old version first
+    changed_at['push'] = time.perf_counter()
+    copy_version(version_dir, base, new_version)
+    wait_for_answers_from(new_version)
+    time.sleep(1.0)  # a second on the new one
+    changed_at['rollback'] = time.perf_counter()
+    shutil.rmtree(os.path.join(base, str(new_version)))
+    wait_for_answers_from(old_version)
+    time.sleep(1.0)  # and a second on the old one again
     stop.set()
 
-  pusher = threading.Thread(target=push)
-  pusher.start()
+  changer = threading.Thread(target=push_then_roll_back)
+  changer.start()
   lists = candidate_lists(examples, candidates, clients)
-  cell = run_clients(Cell('grpc, version switch', clients, candidates),
+  cell = run_clients(Cell('grpc, version switch + rollback', clients, candidates),
                      lambda i: grpc_call(server.target, server.model_name, lists[i], answers),
-                     requests=10 ** 6, max_seconds=max_seconds + 5, stop=stop)
-  pusher.join()
-  first_new = next((t for t, v in answers if v == new_version), None)
+                     requests=10 ** 6, max_seconds=3 * max_seconds + 5, stop=stop)
+  changer.join()
+
+  def seconds_to(version, change):
+    first = next((t for t, v in answers if v == version and t > changed_at.get(change, float('inf'))), None)
+    return None if first is None else round(first - changed_at[change], 2)
+
   versions = [v for _, v in answers]
   return {**cell.summary(), 'answers_per_version': {str(v): versions.count(v) for v in sorted(set(versions))},
-          'seconds_to_new_version': None if first_new is None else round(first_new - pushed_at[0], 2)}
+          'seconds_to_new_version': seconds_to(new_version, 'push'),
+          'seconds_to_rollback': seconds_to(old_version, 'rollback')}
 
 
 def format_table(cells: List[dict]) -> str:
   def number(value, spec):
     return '-' if value is None else format(value, spec)
 
-  header = '| target | clients | candidates | requests | errors | p50 ms | p99 ms | candidates/s |'
-  lines = [header, '|' + '---|' * 8]
+  header = '| target | clients | candidates | requests | errors | p50 ms | p95 ms | p99 ms | candidates/s |'
+  lines = [header, '|' + '---|' * 9]
   for c in cells:
-    figures = [number(c['p50_ms'], '.2f'), number(c['p99_ms'], '.2f'), number(c['candidates_per_s'], '.0f')]
+    figures = [number(c['p50_ms'], '.2f'), number(c['p95_ms'], '.2f'), number(c['p99_ms'], '.2f'),
+               number(c['candidates_per_s'], '.0f')]
     lines.append(f'| {c["target"]} | {c["clients"]} | {c["candidates"]} | {c["requests"]} | {c["errors"]} | '
                  + ' | '.join(figures) + ' |')
   return '\n'.join(lines)
+
+
+def goal(cells: List[dict], clients: int = 4, candidates: int = 100, ratio: float = 2.0) -> Optional[str]:
+  """The goal's verdict: gRPC p99 <= `ratio` x in-process p99 at `clients` x `candidates` (None if not run)."""
+  found = {c['target']: c for c in cells if (c['clients'], c['candidates']) == (clients, candidates)}
+  if 'grpc' not in found or 'in-process' not in found or not found['in-process']['p99_ms']:
+    return None
+  grpc_p99, floor_p99 = found['grpc']['p99_ms'], found['in-process']['p99_ms']
+  return (f'goal p99 <= {ratio:g}x in-process at {clients} clients x {candidates} candidates: gRPC {grpc_p99:.2f} ms / '
+          f'in-process {floor_p99:.2f} ms = {grpc_p99 / floor_p99:.2f}x '
+          f'({"met" if grpc_p99 <= ratio * floor_p99 else "NOT met"})')
+
+
+def load_average() -> str:
+  return ' '.join(f'{v:.2f}' for v in os.getloadavg()) + f' (1/5/15 min, {os.cpu_count()} CPUs)'
 
 
 def main() -> int:
@@ -193,6 +228,9 @@ def main() -> int:
   parser.add_argument('--candidates', default='1,100', help='comma-separated examples per request (default 1,100)')
   parser.add_argument('--requests', type=int, default=200, help='requests per client and cell (default 200)')
   parser.add_argument('--max-seconds', type=float, default=20.0, help='time limit per cell (default 20)')
+  parser.add_argument('--batching-parameters', metavar='FILE',
+                      help='the server\'s TF Serving batching parameters file (default: the built-in values, which '
+                           '`tfx_runner.py run` writes to OUTPUT_DIR/serving/batching_parameters.txt)')
   parser.add_argument('--output', help='also write the figures to this JSON file')
   args = parser.parse_args()
   clients = [int(n) for n in args.clients.split(',')]
@@ -205,11 +243,12 @@ def main() -> int:
   examples = read_csv_examples(args.input, signature_column_types(served.signature_defs[signatures.RAW]))
   floor = served.signature(signatures.DEFAULT)
 
-  results: Dict[str, list] = {'cells': []}
+  results: Dict[str, Any] = {'cells': [], 'load_average_before': load_average()}
+  print('load average before:', results['load_average_before'], flush=True)
   with tempfile.TemporaryDirectory(prefix='serving_load_') as scratch:
     base = os.path.join(scratch, served.name)
     copy_version(version_dir, base, version)
-    server = ServerProcess(base, poll_seconds=0.5)
+    server = ServerProcess(base, poll_seconds=0.5, batching_parameters=args.batching_parameters)
     try:
       for size in sizes:
         for n in clients:
@@ -223,13 +262,19 @@ def main() -> int:
                                                  candidates=max(sizes), max_seconds=args.max_seconds)
     finally:
       server.stop()
+  results['load_average_after'] = load_average()
+  results['goal'] = goal(results['cells'])
   print('\n' + format_table(results['cells']))
-  print('\nversion switch under load:', json.dumps(results['version_switch']))
+  print('\nversion switch and rollback under load:', json.dumps(results['version_switch']))
+  if results['goal']:
+    print(results['goal'])
+  print('load average before:', results['load_average_before'], '| after:', results['load_average_after'])
   switch = results['version_switch']
   if args.output:
     with open(args.output, 'w') as f:
       json.dump(results, f, indent=2)
-  failed = switch['errors'] or switch['seconds_to_new_version'] is None or any(c['errors'] for c in results['cells'])
+  failed = switch['errors'] or switch['seconds_to_new_version'] is None or switch['seconds_to_rollback'] is None or \
+      any(c['errors'] for c in results['cells'])
   return 1 if failed else 0
 
 

@@ -5,6 +5,7 @@ from typing import Dict, Sequence, Tuple
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from serving import examples as examples_lib
@@ -41,7 +42,10 @@ class PredictionClient:
     """serving_default's outputs for serialized tf.Examples, and the version that answered."""
     request = predict_pb2.PredictRequest(
         model_spec=model_pb2.ModelSpec(name=self.model_name, signature_name=signatures.DEFAULT))
-    request.inputs[signatures.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto(list(serialized), tf.string))
+    tensor = request.inputs[signatures.EXAMPLES_INPUT]  # built directly: tf.make_tensor_proto costs ~10x more
+    tensor.dtype = types_pb2.DT_STRING
+    tensor.tensor_shape.dim.add(size=len(serialized))
+    tensor.string_val.extend(serialized)
     response = self._stub.Predict(request, timeout=self.timeout_seconds)
     return {name: tf.make_ndarray(t) for name, t in response.outputs.items()}, response.model_spec.version.value
 

@@ -1,6 +1,6 @@
 """One version of a SavedModel, loaded for serving: its signatures, their SignatureDefs and its warm-up."""
 import os
-from typing import Dict, Iterable, Mapping
+from typing import Dict, Iterable, List, Mapping
 
 import grpc
 import numpy as np
@@ -13,7 +13,15 @@ from serving import signatures
 from serving.errors import RequestError
 
 CLASSIFY_OUTPUTS = (tf.saved_model.CLASSIFY_OUTPUT_CLASSES, tf.saved_model.CLASSIFY_OUTPUT_SCORES)
+# The APIs a signature is looked up for: TF Serving answers an unknown signature name with FAILED_PRECONDITION
+# for Predict and INVALID_ARGUMENT for Classify and Regress.
+PREDICT, CLASSIFY, REGRESS = 'Predict', 'Classify', 'Regress'
+# The most elements a request's tensor may declare. A TensorProto can declare a shape larger than the values
+# it carries (the last value fills the rest), so a few bytes could otherwise make the server allocate any
+# amount of memory; this bounds a request to a few hundred MB of strings, far above any real one.
+MAX_TENSOR_ELEMENTS = 1 << 24
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
+_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Signature:
@@ -50,24 +58,69 @@ class Signature:
     spec = self.inputs[name]
     if tensor.dtype != spec.dtype.as_datatype_enum:
       raise RequestError(_INVALID, f'input {name} of signature {self.name} must be {spec.dtype.name}, got '
-                                   f'{tf.dtypes.as_dtype(tensor.dtype).name if tensor.dtype else "no dtype"}')
+                                   f'{_dtype_name(tensor.dtype)}')
+    shape = tensor.tensor_shape
+    if shape.unknown_rank or any(dim.size < 0 for dim in shape.dim):
+      raise RequestError(_INVALID, f'tensor parsing error: {name} (a request tensor needs a known shape, got '
+                                   f'{_shape_text(shape)})')
+    if not spec.shape.is_compatible_with([dim.size for dim in shape.dim]):
+      raise RequestError(_INVALID, f'input {name} of signature {self.name} must have shape {spec.shape}, '
+                                   f'got {_shape_text(shape)}')
+    if int(np.prod([dim.size for dim in shape.dim], dtype=np.float64)) > MAX_TENSOR_ELEMENTS:
+      raise RequestError(_INVALID, f'tensor parsing error: {name} (shape {_shape_text(shape)} has more than '
+                                   f'{MAX_TENSOR_ELEMENTS} elements)')
     try:
       array = tf.make_ndarray(tensor)
-    except (TypeError, ValueError) as error:
-      raise RequestError(_INVALID, f'input {name}: malformed tensor ({error})') from error
+    except (TypeError, ValueError, IndexError, MemoryError) as error:
+      raise RequestError(_INVALID, f'tensor parsing error: {name} ({error})') from error
     if not spec.shape.is_compatible_with(array.shape):
       raise RequestError(_INVALID, f'input {name} of signature {self.name} must have shape {spec.shape}, '
                                    f'got {list(array.shape)}')
     return array
 
   def classify_inputs(self, request_input: input_pb2.Input) -> Dict[str, np.ndarray]:
-    """A ClassificationRequest's tf.Examples (an example list, or one with context features merged into
-    each example) as the input of a classification signature: one string input, `classes`/`scores` out."""
-    if len(self.inputs) != 1 or next(iter(self.inputs.values())).dtype != tf.string or not (
-        set(CLASSIFY_OUTPUTS) & set(self.outputs)):
-      raise RequestError(_INVALID, f'signature {self.name} is not a classification signature (one string input '
-                                   f'of serialized tf.Example, outputs classes and/or scores)')
+    """A ClassificationRequest's tf.Examples as the input of this signature, which must be a classification
+    signature (checked in TF Serving's order and with its status codes: one input, one or two outputs
+    (INVALID_ARGUMENT), the input `inputs` and outputs among `classes`/`scores` (FAILED_PRECONDITION))."""
+    if len(self.inputs) != 1:
+      raise RequestError(_INVALID, f'Expected one input Tensor. (signature {self.name} has {len(self.inputs)})')
+    if len(self.outputs) not in (1, 2):
+      raise RequestError(_INVALID, f'Expected one or two output Tensors, found {len(self.outputs)} '
+                                   f'(signature {self.name})')
+    if tf.saved_model.CLASSIFY_INPUTS not in self.inputs:
+      raise RequestError(_PRECONDITION, f'No classification inputs found in SignatureDef {self.name}: it takes '
+                                        f'{", ".join(self.inputs)}, not {tf.saved_model.CLASSIFY_INPUTS}')
+    if not set(CLASSIFY_OUTPUTS) & set(self.outputs):
+      raise RequestError(_PRECONDITION, f'Expected classification signature outputs to contain at least one of '
+                                        f'{", ".join(CLASSIFY_OUTPUTS)}; signature {self.name} has '
+                                        f'{", ".join(self.outputs)}')
+    return self._example_inputs(request_input)
+
+  def regress_inputs(self, request_input: input_pb2.Input) -> Dict[str, np.ndarray]:
+    """A RegressionRequest's tf.Examples as the input of this signature, which must be a regression
+    signature (TF Serving's checks: one input, one output (INVALID_ARGUMENT), named `inputs` and `outputs`
+    (FAILED_PRECONDITION))."""
+    if len(self.inputs) != 1:
+      raise RequestError(_INVALID, f'Expected one input Tensor. (signature {self.name} has {len(self.inputs)})')
+    if len(self.outputs) != 1:
+      raise RequestError(_INVALID, f'Expected one output Tensor. (signature {self.name} has {len(self.outputs)})')
+    if tf.saved_model.REGRESS_INPUTS not in self.inputs:
+      raise RequestError(_PRECONDITION, f'No regression inputs found in SignatureDef {self.name}: it takes '
+                                        f'{", ".join(self.inputs)}, not {tf.saved_model.REGRESS_INPUTS}')
+    if tf.saved_model.REGRESS_OUTPUTS not in self.outputs:
+      raise RequestError(_PRECONDITION, f'No regression outputs found in SignatureDef {self.name}: it returns '
+                                        f'{", ".join(self.outputs)}, not {tf.saved_model.REGRESS_OUTPUTS}')
+    return self._example_inputs(request_input)
+
+  def _example_inputs(self, request_input: input_pb2.Input) -> Dict[str, np.ndarray]:
+    """The request's tf.Examples (an example list, or one with context features merged into each example),
+    serialized, as the signature's one string input."""
+    (name, spec), = self.inputs.items()
+    if spec.dtype != tf.string:
+      raise RequestError(_PRECONDITION, f'input {name} of signature {self.name} is {spec.dtype.name}, not a '
+                                        f'string tensor of serialized tf.Example')
     kind = request_input.WhichOneof('kind')
+    examples: List[tf.train.Example]
     if kind == 'example_list_with_context':
       context = request_input.example_list_with_context.context
       examples = []
@@ -79,19 +132,31 @@ class Signature:
     else:
       examples = request_input.example_list.examples if kind else []
     if not examples:
-      raise RequestError(_INVALID, 'the request has no examples')
-    name = next(iter(self.inputs))
+      raise RequestError(_INVALID, 'Input is empty.')
     return {name: np.array([e.SerializeToString() for e in examples], dtype=object)}
 
   def __call__(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """The outputs for checked inputs. What TensorFlow refuses in them (a feature missing from an example,
-    a malformed example) raises INVALID_ARGUMENT."""
+    a malformed example, one it cannot even quote) raises RequestError with TensorFlow's status."""
     try:
       outputs = self._function(**{name: tf.constant(value, self.inputs[name].dtype)
                                   for name, value in inputs.items()})
-    except tf.errors.InvalidArgumentError as error:
+    except tf.errors.OpError as error:
       raise RequestError.from_tf_error(error) from error
+    except UnicodeDecodeError as error:
+      raise RequestError.from_undecodable_tf_error(error) from error
     return {name: value.numpy() for name, value in outputs.items()}
+
+
+def _dtype_name(dtype_enum: int) -> str:
+  try:
+    return tf.dtypes.as_dtype(dtype_enum).name if dtype_enum else 'no dtype'
+  except TypeError:
+    return f'unknown dtype {dtype_enum}'
+
+
+def _shape_text(shape) -> str:
+  return 'unknown rank' if shape.unknown_rank else str([dim.size for dim in shape.dim])
 
 
 class ServedModel:
@@ -107,29 +172,36 @@ class ServedModel:
     graph = next(g for g in saved_model.meta_graphs if tf.saved_model.SERVING in g.meta_info_def.tags)
     self.signature_defs = graph.signature_def
 
-  def signature(self, name: str) -> Signature:
-    """The signature called `name` (serving_default when empty); INVALID_ARGUMENT if there is none."""
+  def signature(self, name: str, api: str = PREDICT) -> Signature:
+    """The signature called `name` (serving_default when empty). If there is none, the status TF Serving
+    answers: FAILED_PRECONDITION for Predict, INVALID_ARGUMENT for Classify and Regress."""
     name = name or signatures.DEFAULT
     if name not in self.signatures:
-      raise RequestError(_INVALID, f'model {self.name} version {self.version} has no signature {name!r}; it has '
-                                   f'{", ".join(sorted(self.signatures))}')
+      known = f'model {self.name} version {self.version} has {", ".join(sorted(self.signatures))}'
+      if api == PREDICT:
+        raise RequestError(_PRECONDITION, f'Serving signature key "{name}" not found. ({known})')
+      raise RequestError(_INVALID, f'No signature was found with the name: {name} ({known})')
     return self.signatures[name]
 
   def warm_up(self, logs: Iterable[prediction_log_pb2.PredictionLog]) -> int:
-    """Replays warm-up requests (PredictionLogs of Predict or Classify requests, as TF Serving reads from
-    assets.extra/tf_serving_warmup_requests) so that real requests do not pay for the first calls; returns
-    how many ran. One that fails raises: as in TF Serving, such a version is not served."""
+    """Replays warm-up requests (PredictionLogs of Predict, Classify or Regress requests, as TF Serving reads
+    from assets.extra/tf_serving_warmup_requests) so that real requests do not pay for the first calls;
+    returns how many ran. One that fails raises: as in TF Serving, such a version is not served."""
     count = 0
     for count, log in enumerate(logs, start=1):
       kind = log.WhichOneof('log_type')
       if kind == 'predict_log':
         request = log.predict_log.request
-        signature = self.signature(request.model_spec.signature_name)
+        signature = self.signature(request.model_spec.signature_name, PREDICT)
         signature(signature.predict_inputs(request.inputs))
       elif kind == 'classify_log':
         request = log.classify_log.request
-        signature = self.signature(request.model_spec.signature_name)
+        signature = self.signature(request.model_spec.signature_name, CLASSIFY)
         signature(signature.classify_inputs(request.input))
+      elif kind == 'regress_log':
+        request = log.regress_log.request
+        signature = self.signature(request.model_spec.signature_name, REGRESS)
+        signature(signature.regress_inputs(request.input))
       else:
-        raise ValueError(f'warm-up request {count} is a {kind}; this server replays Predict and Classify only')
+        raise ValueError(f'warm-up request {count} is a {kind}; this server replays Predict, Classify and Regress')
     return count

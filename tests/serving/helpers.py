@@ -1,5 +1,7 @@
 """Helpers the serving tests share: raw rows as examples, stubs and requests."""
 import csv
+import threading
+import time
 
 import grpc
 import numpy as np
@@ -43,3 +45,57 @@ class Stubs:
     self.channel = grpc.insecure_channel(f'127.0.0.1:{port}')
     self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
     self.model = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+
+def wait_for(condition, timeout=120.0, what='the condition', interval=0.05):
+  """Polls `condition()` until it is true (returning its value) or `timeout` seconds pass (failing the test
+  naming `what`): deadlines are generous, for a loaded machine; correctness never rests on a sleep."""
+  deadline = time.monotonic() + timeout
+  while True:
+    value = condition()
+    if value:
+      return value
+    if time.monotonic() > deadline:
+      raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}')
+    time.sleep(interval)
+
+
+class Load:
+  """`clients` threads sending Predict requests of `examples` to 127.0.0.1:port, each on its own channel,
+  until `stop()`: `answers[i]` is client i's [(version, scores)] in order, `errors` every RpcError."""
+
+  def __init__(self, port, examples, clients):
+    self.answers = [[] for _ in range(clients)]
+    self.errors = []
+    self._stop = threading.Event()
+    self._threads = [threading.Thread(target=self._client, args=(port, examples, i), daemon=True)
+                     for i in range(clients)]
+
+  def _client(self, port, examples, index):
+    stubs = Stubs(port)
+    try:
+      while not self._stop.is_set():
+        try:
+          response = stubs.prediction.Predict(predict_request(examples), timeout=60)
+          self.answers[index].append((response.model_spec.version.value, ctr(response)))
+        except grpc.RpcError as error:
+          self.errors.append(error)
+    finally:
+      stubs.channel.close()
+
+  def __enter__(self) -> 'Load':
+    for thread in self._threads:
+      thread.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._stop.set()
+    for thread in self._threads:
+      thread.join(120)
+
+  def versions(self, index):
+    return [version for version, _ in self.answers[index]]
+
+  def every_client_answered_by(self, version) -> bool:
+    """Whether every client's latest answer came from `version`."""
+    return all(answers and answers[-1][0] == version for answers in self.answers)

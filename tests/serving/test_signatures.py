@@ -75,11 +75,14 @@ def test_pushed_version_has_warmup_requests_from_eval_examples_that_replay(pushe
     assert scores.shape == (len(examples),) and np.all((scores > 0) & (scores < 1))
 
 
-def test_models_config_pins_the_pushed_version_and_batching_parameters_sit_beside_it(pushed):
+def test_models_config_serves_the_latest_version_and_batching_parameters_sit_beside_it(pushed):
   with open(os.path.join(pushed.serving_root, tf_serving.MODEL_CONFIG_FILE)) as f:
     config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
   (entry,) = config.model_config_list.config
   assert (entry.name, entry.base_path, entry.model_platform) == ('ctr', pushed.model_base, 'tensorflow')
-  assert list(entry.model_version_policy.specific.versions) == [pushed.version]
+  # TF Serving's latest-version policy, as the local server follows it: a new push is served, a deleted
+  # one rolls back; pinning (`python -m serving.tf_serving DIR --pin N`) is the rollback tool.
+  assert entry.model_version_policy.WhichOneof('policy_choice') == 'latest'
+  assert entry.model_version_policy.latest.num_versions == 1
   assert tf_serving.read_batching_parameters(
       os.path.join(pushed.serving_root, tf_serving.BATCHING_PARAMETERS_FILE)) == BatchingParameters()
