@@ -4,6 +4,7 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from data.split import SPLITS
 from models.features import FeatureSpec
 
 DEFAULT_PIPELINE_NAME = 'mdctr'  # Kubeflow needs [a-z0-9][a-z0-9-]*: no underscores
@@ -76,6 +77,18 @@ class PipelineConfig:
   pretrain_learning_rate: float = 1e-3
   finetune_learning_rate: float = 3e-3  # adapters start at B = 0 and have few weights: a larger step
   seed: int = 0
+  # Regularization and trained fallbacks (issue 13; benchmarks/calibration.py measures them). `embedding_l2`:
+  # L2 penalty on every embedding table, in both stages: the id embeddings (hashed users, item vocabulary)
+  # otherwise memorize the training split and the model turns overconfident. `domain_dropout`: the share of
+  # training examples scored as an unknown domain (models/layers/domain_dropout.py), in the pretrain stage and
+  # (`finetune_domain_dropout`) the fine-tune stage, so that an unseen domain is scored by a trained path (the
+  # backbone and the unknown-domain embedding row, from which onboarding starts a new domain).
+  # `vocabulary_frequency_threshold`: Transform keeps in a vocabulary only the tokens seen at least this many
+  # times in the training split; rarer ones share the OOV row, which so gets trained.
+  embedding_l2: float = 0.0
+  domain_dropout: float = 0.0
+  finetune_domain_dropout: float = 0.0
+  vocabulary_frequency_threshold: int = 0
   # Multi-task (models/heads, models/multitask.py): with `head` (shared_bottom, esmm, mmoe, ple) both stages
   # predict click and conversion tasks (`ctr`, `cvr`, and `ctcvr` for ESMM) on the head's MLP bottom instead
   # of the single click model (None); `balancing` (fixed, uncertainty, dwa) weighs the task losses and
@@ -85,11 +98,19 @@ class PipelineConfig:
   balancing: str = 'fixed'
   pcgrad: bool = False
   head_options: Dict[str, object] = dataclasses.field(default_factory=dict)
-  # Promotion gate: every domain's AUC must reach `min_domain_auc`, and no domain's AUC, nor the overall
-  # AUC or WAUC, may fall more than `max_auc_drop` below the latest blessed model's. A multi-task model is
-  # gated on every task output, task t's AUC against `task_min_auc[t]` (default `min_domain_auc`).
+  # Promotion gate (components/promotion_gate.py): candidate and production scored on the same test examples.
+  # A domain decides with at least `gate_min_examples` test examples and `gate_min_positives` of each class;
+  # the candidate is blocked when a deciding domain's AUC is significantly worse than production's by more
+  # than `auc_tolerance`, when the WAUC is significantly worse, or when the log loss is significantly worse
+  # by more than `logloss_tolerance` (nats); else promoted when its WAUC is not below production's. On a
+  # first run (no production model), blocked when an AUC interval lies below `min_domain_auc`, or the log
+  # loss is significantly worse than predicting the click rate. A multi-task model is gated on every task
+  # output, task t's floor `task_min_auc[t]` (default `min_domain_auc`).
   min_domain_auc: float = 0.55
-  max_auc_drop: float = 0.01
+  auc_tolerance: float = 0.005
+  logloss_tolerance: float = 0.001
+  gate_min_examples: int = 200
+  gate_min_positives: int = 20
   task_min_auc: Dict[str, float] = dataclasses.field(default_factory=dict)
   beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: list(LOCAL_BEAM_ARGS))
   # Continual runs.
@@ -110,7 +131,9 @@ class PipelineConfig:
   # the fine-tune stage's model is evaluated, gated and pushed.
   challengers: Tuple[str, ...] = ()
   data_format: Optional[str] = None  # 'csv' or 'tfrecord'; None: from the files
-  data_splits: Optional[Tuple[str, ...]] = None  # with data_format: the split folders, or None for a hash split
+  # With data_format: the split folders (train, eval, test; without test they are pooled), or None for
+  # files directly under the span folder; both split by hash unless all three are given.
+  data_splits: Optional[Tuple[str, ...]] = None
   # Reuse the outputs of components whose inputs and settings did not change (a re-run after a failure).
   # ImportSchemaGen has no inputs: it is keyed on the schema's path, so a changed schema needs a new path.
   enable_cache: bool = False
@@ -157,12 +180,38 @@ class PipelineConfig:
     return pairs
 
   def input_layout(self) -> Tuple[str, Optional[List[str]]]:
-    """(format, split folders or None for a hash split) of the input ExampleGen reads: as configured, or
-    found in the files of the newest span (or of `data_path` without spans)."""
+    """(format, the split folders train/eval/test, or None for a hash split) of the input ExampleGen
+    reads: as configured, or found in the files of the newest span (or of `data_path` without spans)."""
     if self.data_format:
-      return self.data_format, list(self.data_splits) if self.data_splits else None
-    folder = latest_span_path(self.data_path) if self.spans else self.data_path
+      return self.data_format, list(self.data_splits) if set(self.data_splits or ()) == set(SPLITS) else None
+    folder = self._input_folder()
     return input_format(folder), input_splits(folder)
+
+  def pool_pattern(self) -> str:
+    """The files ExampleGen pools and splits by hash when the input has no test/ folder: the data files of
+    the format (not the description files beside them), in the split folders when there are some."""
+    data_format, _ = self.input_layout()
+    if self.data_format:
+      nested = bool(self.data_splits)
+    else:
+      folder = self._input_folder()
+      nested = bool(split_folders(folder))
+      names = [n for _, _, files in os.walk(folder) for n in files]
+    if data_format == 'csv':
+      name = '*.csv'
+    else:
+      name = '*.tfrecord*' if self.data_format or any('.tfrecord' in n for n in names) else '*.gz'
+    return f'*/{name}' if nested else name
+
+  def gate_rules(self):
+    """The PromotionGate's rules (components/promotion_gate.py GateRules) from this config."""
+    from components.promotion_gate import GateRules  # pylint: disable=g-import-not-at-top  # imports TFX
+    return GateRules(min_examples=self.gate_min_examples, min_positives=self.gate_min_positives,
+                     auc_tolerance=self.auc_tolerance, logloss_tolerance=self.logloss_tolerance,
+                     min_domain_auc=self.min_domain_auc)
+
+  def _input_folder(self) -> str:
+    return latest_span_path(self.data_path) if self.spans else self.data_path
 
   @property
   def pipeline_root(self) -> str:
@@ -189,21 +238,35 @@ class PipelineConfig:
         'batch_size': self.batch_size,
         'learning_rate': self.pretrain_learning_rate if stage == 'pretrain' else self.finetune_learning_rate,
         'seed': self.seed,
+        'embedding_l2': self.embedding_l2,
+        'domain_dropout': self.domain_dropout if stage == 'pretrain' else self.finetune_domain_dropout,
         'onboard_domains': list(self.onboard_domains) if stage == 'finetune' else [],
         **({'head': self.head, 'head_options': {**self.head_options, 'balancing': self.balancing,
                                                 'pcgrad': self.pcgrad}} if self.head else {}),
     }
 
+  def transform_config(self) -> dict:
+    """The `custom_config` of the Transform component (models/preprocessing.py reads it)."""
+    return {'feature_spec': self.feature_spec.to_dict(),
+            'vocabulary_frequency_threshold': self.vocabulary_frequency_threshold}
+
+
+def split_folders(data_path: str) -> List[str]:
+  """The split folders (train/, eval/, test/) under `data_path`."""
+  return [s for s in SPLITS if os.path.isdir(os.path.join(data_path, s))]
+
 
 def input_splits(data_path: str) -> Optional[List[str]]:
-  """The fixed splits found under `data_path` (`train`, `eval` and optionally `test` subdirectories),
-  or None when the input is one pool that ExampleGen splits by hash."""
-  present = [s for s in ('train', 'eval', 'test') if os.path.isdir(os.path.join(data_path, s))]
-  if not present:
+  """The fixed splits under `data_path` when it holds train/, eval/ and test/ folders; None when the input
+  is pooled and split by hash: no split folders, or train/ and eval/ without test/ (the test split must be
+  held out from what selected the model, so eval/ alone cannot serve both)."""
+  present = split_folders(data_path)
+  if present == list(SPLITS):
+    return present
+  if not present or present == ['train', 'eval']:
     return None
-  if 'train' not in present or 'eval' not in present:
-    raise ValueError(f'{data_path} has split folders {present}; a fixed split needs both train/ and eval/.')
-  return present
+  raise ValueError(f'{data_path} has split folders {present}: give train/, eval/ and test/ for a fixed split, '
+                   'train/ and eval/ to pool them for a train/eval/test hash split, or none.')
 
 
 def input_format(data_path: str) -> str:

@@ -24,7 +24,7 @@ KUBEFLOW_FORMATS = ('.json', '.yaml', '.yml')
 
 
 def scheduled_config(data_root: str, output_dir: str, feature_spec: FeatureSpec, schema_path: Optional[str] = None,
-                     data_format: str = 'csv', splits: Sequence[str] = ('train', 'eval'),
+                     data_format: str = 'csv', splits: Sequence[str] = ('train', 'eval', 'test'),
                      beam_pipeline_args: Optional[Sequence[str]] = None) -> PipelineConfig:
   """The settings of a scheduled run. Nothing is read from `data_root` or `output_dir` (they may be
   gs:// locations, or not exist yet): the input layout is given, and the schema defaults to

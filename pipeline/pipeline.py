@@ -1,5 +1,5 @@
 """The multi-domain CTR pipeline: validate, transform, pretrain the backbone, fine-tune MLoRA adapters,
-gate on per-domain AUC, push for TF Serving."""
+evaluate per domain, gate on paired per-domain statistics against production, push for TF Serving."""
 import functools
 import json
 from typing import List, Optional
@@ -10,6 +10,7 @@ from tfx.proto import example_gen_pb2
 
 from components.anomalies_gate import AnomaliesGate
 from components.ctnet_transfer import CTNetTrainer, SourceModelResolver
+from components.promotion_gate import PromotionGate, gate_settings
 from models import heads
 from pipeline.config import SPAN_FOLDER, PipelineConfig
 
@@ -23,76 +24,76 @@ def trainer_id(stage: str, challenger: Optional[str] = None) -> str:
   return f'{stage.capitalize()}Trainer' + (f'_{challenger}' if challenger else '')
 
 
+SPLIT_BUCKETS = (('train', 3), ('eval', 1), ('test', 1))  # train fits, eval selects, test judges: 60/20/20
+EVALUATION_SPLIT = 'test'
+
+
 def example_gen(config: PipelineConfig):
-  """Reads the raw input: a fixed train/eval(/test) split from subfolders, or one pool split 4:1 by a
-  hash of each example (deterministic). With spans, the same layout inside `span-N/` folders, and the
-  newest span is read (its number becomes the Examples artifact's span)."""
+  """Reads the raw input: a fixed train/eval/test split from subfolders, or one pool split 3:1:1 into
+  train, eval and test by a hash of each example (deterministic): every data file under `data_path` (of
+  the format's extension: the description files beside them are not data), in its subfolders too when
+  they hold no test/. With spans, the same inside the newest `span-N/` folder (its number becomes the
+  Examples artifact's span)."""
   data_format, splits = config.input_layout()
   prefix = f'{SPAN_FOLDER}/' if config.spans else ''
   if splits:
     inputs = [example_gen_pb2.Input.Split(name=s, pattern=f'{prefix}{s}/*') for s in splits]
-  else:  # one pool: everything under data_path, or under the span folder
-    inputs = [example_gen_pb2.Input.Split(name='single_split', pattern=f'{prefix}*')] if config.spans else None
-  output_config = None if splits else example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
-      example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=4),
-      example_gen_pb2.SplitConfig.Split(name='eval', hash_buckets=1)]))
+    output_config = None
+  else:
+    inputs = [example_gen_pb2.Input.Split(name='single_split', pattern=f'{prefix}{config.pool_pattern()}')]
+    output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets) for name, buckets in SPLIT_BUCKETS]))
   component = tfx.components.CsvExampleGen if data_format == 'csv' else tfx.components.ImportExampleGen
-  return component(input_base=config.data_path, input_config=example_gen_pb2.Input(splits=inputs) if inputs else None,
+  return component(input_base=config.data_path, input_config=example_gen_pb2.Input(splits=inputs),
                    output_config=output_config)
 
 
-def evaluation_split(config: PipelineConfig) -> str:
-  """The split the Evaluator scores: the held-out test split when the input has one."""
-  return 'test' if 'test' in (config.input_layout()[1] or []) else 'eval'
+def task_labels(config: PipelineConfig) -> dict:
+  """{model output: the label column it is scored against}: `ctr` against the click, and a multi-task
+  model's tasks over all exposures (cvr and ctcvr against the conversion)."""
+  if not config.head:
+    return {PREDICTION_KEY: config.feature_spec.label}
+  columns = heads.label_columns(config.feature_spec)
+  return {task: columns[heads.EVAL_LABELS[task]] for task in heads.OUTPUTS[config.head]}
 
 
-def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
-  """AUC per domain slice and overall, WAUC, and (with `gate`) the thresholds that decide the blessing:
-  every slice's AUC at least `min_domain_auc` and no worse than the latest blessed model by more than
-  `max_auc_drop`; the same change bound for WAUC. A multi-task model (`config.head`) gets these metrics
-  for each task output (`ctr`, `cvr`, `ctcvr`), scored over all exposures against its label (click for
-  ctr, conversion for cvr and ctcvr), with the task's AUC bound `task_min_auc` (default `min_domain_auc`)."""
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+  """TFMA's metrics of every model output, per domain slice and overall: AUC, WAUC, log loss, mean
+  prediction and label. Report only: the PromotionGate decides the blessing."""
   domain = config.feature_spec.domain
-
-  def threshold(min_value: Optional[float]):
-    if not gate:
-      return None
-    return tfma.MetricThreshold(
-        value_threshold=(tfma.GenericValueThreshold(lower_bound={'value': min_value})
-                         if min_value is not None else None),
-        change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                                                     absolute={'value': -config.max_auc_drop}))
-
-  def metrics_spec(min_auc: float, output_names=()):
-    return tfma.MetricsSpec(output_names=list(output_names), metrics=[
-        tfma.MetricConfig(class_name='ExampleCount'),
-        tfma.MetricConfig(class_name='AUC', threshold=threshold(min_auc)),
-        tfma.MetricConfig(class_name='BinaryCrossentropy'),
-        tfma.MetricConfig(class_name='MeanPrediction'),
-        tfma.MetricConfig(class_name='MeanLabel'),
-        tfma.MetricConfig(class_name='WeightedDomainAUC', module='components.wauc_metric',
-                          config=json.dumps({'domain_key': domain}), threshold=threshold(None)),
-    ])
-
+  tasks = task_labels(config)
+  metrics = [tfma.MetricConfig(class_name=name) for name in
+             ('ExampleCount', 'AUC', 'BinaryCrossentropy', 'MeanPrediction', 'MeanLabel')] + [
+                 tfma.MetricConfig(class_name='WeightedDomainAUC', module='components.wauc_metric',
+                                   config=json.dumps({'domain_key': domain}))]
   if config.head:
-    tasks, columns = heads.OUTPUTS[config.head], heads.label_columns(config.feature_spec)
-    model_spec = tfma.ModelSpec(signature_name='serving_default', model_type='tf_generic',
-                                label_keys={t: columns[heads.EVAL_LABELS[t]] for t in tasks},
+    model_spec = tfma.ModelSpec(signature_name='serving_default', model_type='tf_generic', label_keys=tasks,
                                 prediction_keys={t: t for t in tasks})
-    metrics_specs = [metrics_spec(config.task_min_auc.get(t, config.min_domain_auc), [t]) for t in tasks]
+    metrics_specs = [tfma.MetricsSpec(output_names=[t], metrics=metrics) for t in tasks]
   else:
     model_spec = tfma.ModelSpec(signature_name='serving_default', label_key=config.feature_spec.label,
                                 prediction_key=PREDICTION_KEY, model_type='tf_generic')
-    metrics_specs = [metrics_spec(config.min_domain_auc)]
+    metrics_specs = [tfma.MetricsSpec(metrics=metrics)]
   return tfma.EvalConfig(model_specs=[model_spec], metrics_specs=metrics_specs,
                          slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[domain])])
+
+
+def promotion_settings(config: PipelineConfig) -> str:
+  """The PromotionGate's settings: the test split, the domain column, each output's label and floor; a
+  multi-task output trained on clicked samples only (CVR: P(conversion | click)) is judged by AUC alone."""
+  tasks = task_labels(config)
+  trained_on_every_exposure = {t for t, target in heads.TARGETS[config.head].items()
+                               if target.mask is None} if config.head else set(tasks)
+  return gate_settings(EVALUATION_SPLIT, config.feature_spec.domain, tasks, config.gate_rules(),
+                       {t: config.task_min_auc.get(t, config.min_domain_auc) for t in tasks},
+                       uncalibrated=[t for t in tasks if t not in trained_on_every_exposure])
 
 
 def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.dsl.Pipeline:
   """The pipeline, top to bottom; with `local_metadata`, connected to the SQLite metadata store under the
   output folder (LocalDagRunner, Airflow), else to none, for an orchestrator that brings its own (Kubeflow).
 
-  The latest blessed model (the production model) is the Evaluator's baseline and, with
+  The latest blessed model (the production model) is the Evaluator's and the gate's baseline and, with
   `config.warm_start`, the pretrain stage's `base_model`: the backbone continues from it (nothing resolves
   on the first run, which starts from scratch). The fine-tune stage always starts from this run's backbone.
   """
@@ -101,13 +102,13 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
   schema = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
   validator = tfx.components.ExampleValidator(statistics=statistics.outputs['statistics'],
                                               schema=schema.outputs['schema'])
-  gate = AnomaliesGate(anomalies=validator.outputs['anomalies'], statistics=statistics.outputs['statistics'],
-                       schema_hint=config.schema_path)
+  anomalies_gate = AnomaliesGate(anomalies=validator.outputs['anomalies'],
+                                 statistics=statistics.outputs['statistics'], schema_hint=config.schema_path)
 
   transform = tfx.components.Transform(
       examples=examples.outputs['examples'], schema=schema.outputs['schema'], preprocessing_fn=PREPROCESSING_FN,
       custom_config={'feature_spec': config.feature_spec.to_dict()}, disable_statistics=True)
-  transform.add_upstream_node(gate)  # no feature engineering, hence no training, on data that failed validation
+  transform.add_upstream_node(anomalies_gate)  # no feature engineering, hence no training, on invalid data
 
   def trainer(stage: str, steps: int, base_model=None, source_model=None, adaptation=None):
     make = tfx.components.Trainer if source_model is None else functools.partial(CTNetTrainer,
@@ -141,21 +142,22 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
                          adaptation=adaptation).with_id(trainer_id(stage, adaptation))
                  for stage, adaptation in config.challenger_stages()]
 
-  # The pretrained backbone is scored on the same split, without a gate, for the before/after report.
-  split = evaluation_split(config)
-  pretrain_evaluator = tfx.components.Evaluator(
-      examples=examples.outputs['examples'], model=before, example_splits=[split],
-      eval_config=eval_config(config, gate=False)).with_id('PretrainEvaluator')
+  # TFMA's per-domain metrics of the candidate and its differences to production, for TFMA's tools; the
+  # gate scores the candidate, production and the run's pretrained model (the report's "before") on the same
+  # test examples and decides the blessing Pusher reads.
   evaluator = tfx.components.Evaluator(
-      examples=examples.outputs['examples'], model=finetune.outputs['model'], example_splits=[split],
-      baseline_model=latest_blessed.outputs['model'], eval_config=eval_config(config, gate=True))
+      examples=examples.outputs['examples'], model=finetune.outputs['model'], example_splits=[EVALUATION_SPLIT],
+      baseline_model=latest_blessed.outputs['model'], eval_config=eval_config(config))
+  gate = PromotionGate(examples=examples.outputs['examples'], schema=schema.outputs['schema'],
+                       model=finetune.outputs['model'], baseline_model=latest_blessed.outputs['model'],
+                       pretrained_model=before, settings=promotion_settings(config))
   pusher = tfx.components.Pusher(
-      model=finetune.outputs['model'], model_blessing=evaluator.outputs['blessing'],
+      model=finetune.outputs['model'], model_blessing=gate.outputs['blessing'],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)))
 
-  components: List = [examples, statistics, schema, validator, gate, transform, finetune, pretrain_evaluator,
-                      latest_blessed, evaluator, pusher] + ([source] if source else []) + challengers
+  components: List = [examples, statistics, schema, validator, anomalies_gate, transform, finetune, latest_blessed,
+                      evaluator, gate, pusher] + ([source] if source else []) + challengers
   if not config.onboard_domains:
     components.append(pretrain)
   return tfx.dsl.Pipeline(

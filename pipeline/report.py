@@ -1,21 +1,23 @@
-"""The run's result table: per-domain AUC of the pretrained and fine-tuned models, WAUC, the gate's
-verdict and the pushed model, read back from the metadata store of the latest run."""
+"""The run's result table, from the metadata store of the latest run: every domain's test AUC of the pretrained
+and the fine-tuned model with 95% intervals, calibration, the candidate against production, the gate's
+decision and the rule that made it, and the pushed model. The figures are the PromotionGate's
+(components/promotion_gate.py), which scores every model on the same test examples."""
 import collections
 import json
 import os
 from typing import Dict, List, Optional
 
 import tensorflow as tf
-import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from tfx.orchestration import metadata
-from tfx.types import artifact_utils
 
-from models import heads
+from components.promotion_gate import CANDIDATE, PRETRAINED, PRODUCTION, read_evaluation
+from models.model import PREDICTION
 from pipeline.config import PipelineConfig
 
 REPORT_FILE = 'report.json'
 PLOT_FILE = 'domain_auc.png'
+Z95 = 1.959964  # a displayed interval is the figure +- Z95 standard errors (the gate decides on its own levels)
 
 
 def latest_run_artifacts(config: PipelineConfig) -> Dict[str, Dict[str, List]]:
@@ -52,99 +54,164 @@ def domain_counts(examples_uri: str, split: str, domain_column: str) -> Dict[str
   return dict(counts)
 
 
-def slice_metrics(evaluation_uri: str, domain_column: str,
-                  output_name: str = '') -> Dict[Optional[str], Dict[str, float]]:
-  """{domain or None for overall: {metric: value}} for the candidate model of an Evaluator output, of the
-  model output `output_name` (a multi-task model's task; '' for a single-output model)."""
-  result = tfma.load_eval_result(evaluation_uri)
-  metrics = {}
-  for slice_key, values in result.slicing_metrics:
-    if slice_key and (len(slice_key) != 1 or slice_key[0][0] != domain_column):
-      continue
-    domain = None if not slice_key else slice_key[0][1]
-    domain = domain.decode() if isinstance(domain, bytes) else domain
-    flat = values.get(output_name, {}).get('', {})
-    metrics[domain] = {name: value['doubleValue'] for name, value in flat.items() if 'doubleValue' in value}
-  return metrics
+def latest_gate_evaluation(config: PipelineConfig) -> dict:
+  """The evaluation.json of the latest run's PromotionGate."""
+  return read_evaluation(_single(latest_run_artifacts(config), 'PromotionGate', 'ModelBlessing').uri)
+
+
+def _interval(estimate: Optional[dict]) -> Optional[List[float]]:
+  """The 95% interval [lower, upper] of a gate estimate; None when it could not be computed."""
+  if not estimate or estimate['value'] is None or estimate['se'] is None:
+    return None
+  return [estimate['value'] - Z95 * estimate['se'], estimate['value'] + Z95 * estimate['se']]
+
+
+def _figure(estimate: Optional[dict]) -> Optional[float]:
+  return estimate['value'] if estimate else None
+
+
+def _model_figures(slice_: dict, model: str, wauc: bool = False) -> dict:
+  """One model's AUC (and WAUC) with 95% intervals and its calibration on a gate slice; {} when absent."""
+  figures = slice_['models'].get(model)
+  if not figures:
+    return {}
+  calibration = figures['calibration']
+  result = {'auc': _figure(figures['auc']), 'auc_ci': _interval(figures['auc']),
+            'logloss': calibration['logloss'], 'constant_logloss': calibration['constant_logloss'],
+            'calibration': calibration['ratio']}
+  if wauc:
+    result.update(wauc=_figure(figures['wauc']), wauc_ci=_interval(figures['wauc']))
+  return result
+
+
+def _change(slice_: dict, figure: str) -> Optional[dict]:
+  """The candidate - production difference of `figure` on a gate slice: value, 95% interval, p-value."""
+  difference = (slice_.get('difference') or {}).get(figure)
+  if not difference:
+    return None
+  return {'value': difference['value'], 'ci': _interval(difference), 'p_value': difference['p_value']}
+
+
+def task_report(task: dict) -> dict:
+  """A task's figures from its gate result: per domain (`domains`, as the gate names them) and overall."""
+  evaluation = task['evaluation']
+
+  def figures(slice_: dict, overall: bool) -> dict:
+    return {'test_examples': slice_['count'], 'positives': slice_['positives'], 'deciding': slice_['deciding'],
+            'pretrain': _model_figures(slice_, PRETRAINED, overall),
+            'finetune': _model_figures(slice_, CANDIDATE, overall),
+            'production': _model_figures(slice_, PRODUCTION, overall),
+            'auc_change': _change(slice_, 'auc'), 'logloss_change': _change(slice_, 'logloss'),
+            **({'wauc_change': _change(slice_, 'wauc')} if overall else {})}
+
+  return {'domains': {name: figures(s, False) for name, s in evaluation['domains'].items()},
+          'overall': figures(evaluation['overall'], True),
+          'blessed': task['decision']['blessed'], 'rule': task['decision']['rule'],
+          'reasons': task['decision']['reasons']}
 
 
 def build_report(config: PipelineConfig) -> dict:
+  """The run's report: the click output's (`ctr`) per-domain rows and overall figures at the top level,
+  every task of a multi-task model under `tasks`, the gate's decision and the pushed model."""
   by_node = latest_run_artifacts(config)
   examples = next(a for node, types in by_node.items() for a in types.get('Examples', [])
                   if node.endswith('ExampleGen'))
-  split_names = artifact_utils.decode_split_names(examples.properties['split_names'].string_value)
-  eval_split = 'test' if 'test' in split_names else 'eval'
-  domain = config.feature_spec.domain
-  train_counts = domain_counts(examples.uri, 'train', domain)
-  eval_counts = domain_counts(examples.uri, eval_split, domain)
-  outputs = heads.OUTPUTS[config.head] if config.head else ('',)  # the click output first
-  before_uri, after_uri = (_single(by_node, node, 'ModelEvaluation').uri for node in ('PretrainEvaluator', 'Evaluator'))
-  before = {o: slice_metrics(before_uri, domain, o) for o in outputs}
-  after = {o: slice_metrics(after_uri, domain, o) for o in outputs}
-  tasks = {o: {'domains': {name: {'auc_pretrain': before[o].get(name, {}).get('auc'),
-                                  'auc_finetune': after[o].get(name, {}).get('auc')}
-                           for name in config.feature_spec.domains},
-               'auc_pretrain': before[o][None]['auc'], 'auc_finetune': after[o][None]['auc']}
-           for o in outputs if o}
-  before, after = before[outputs[0]], after[outputs[0]]
-  blessing = _single(by_node, 'Evaluator', 'ModelBlessing')
-  pushed = _single(by_node, 'Pusher', 'PushedModel')
-
+  gate = read_evaluation(_single(by_node, 'PromotionGate', 'ModelBlessing').uri)
+  train_counts = domain_counts(examples.uri, 'train', config.feature_spec.domain)
+  tasks = {name: task_report(task) for name, task in gate['tasks'].items()}
+  click = tasks[PREDICTION]
   domains = []
   for name in config.feature_spec.domains:
-    domains.append({
-        'domain': name,
-        'train_examples': train_counts.get(name, 0),
-        'eval_examples': eval_counts.get(name, 0),
-        'auc_pretrain': before.get(name, {}).get('auc'),
-        'auc_finetune': after.get(name, {}).get('auc'),
-    })
+    row = click['domains'].get(name, {'test_examples': 0, 'pretrain': {}, 'finetune': {}, 'production': {}})
+    domains.append({'domain': name, 'train_examples': train_counts.get(name, 0),
+                    'test_examples': row['test_examples'],
+                    'auc_pretrain': row['pretrain'].get('auc'), 'auc_pretrain_ci': row['pretrain'].get('auc_ci'),
+                    'auc_finetune': row['finetune'].get('auc'), 'auc_finetune_ci': row['finetune'].get('auc_ci'),
+                    'auc_production': row['production'].get('auc'), 'auc_change': row.get('auc_change'),
+                    'logloss': row['finetune'].get('logloss'),
+                    'constant_logloss': row['finetune'].get('constant_logloss'),
+                    'calibration': row['finetune'].get('calibration'), 'deciding': row.get('deciding', False)})
+  overall = click['overall']
+  pushed = _single(by_node, 'Pusher', 'PushedModel')
   is_pushed = bool(pushed and pushed.custom_properties['pushed'].int_value)
   return {
+      'split': gate['split'],
       'domains': domains,
-      'auc_pretrain': before[None]['auc'],
-      'auc_finetune': after[None]['auc'],
-      'wauc_pretrain': before[None]['wauc'],
-      'wauc_finetune': after[None]['wauc'],
-      'blessed': bool(blessing and blessing.custom_properties['blessed'].int_value),
+      **{f'{figure}_{stage}': overall[stage].get(figure) for stage in ('pretrain', 'finetune')
+         for figure in ('auc', 'wauc')},
+      **{f'{figure}_{stage}_ci': overall[stage].get(f'{figure}_ci') for stage in ('pretrain', 'finetune')
+         for figure in ('auc', 'wauc')},
+      'logloss_finetune': overall['finetune'].get('logloss'),
+      'constant_logloss': overall['finetune'].get('constant_logloss'),
+      'calibration_finetune': overall['finetune'].get('calibration'),
+      'production': ({'auc': overall['production']['auc'], 'wauc': overall['production']['wauc'],
+                      'auc_change': overall['auc_change'], 'wauc_change': overall['wauc_change'],
+                      'logloss_change': overall['logloss_change']} if overall['production'] else None),
+      'blessed': gate['blessed'],
+      'gate_rule': ','.join(task['rule'] for task in tasks.values()),
+      'gate_reasons': [reason for task in tasks.values() for reason in task['reasons']],
       'pushed_model': pushed.custom_properties['pushed_destination'].string_value if is_pushed else None,
-      'eval_split': eval_split,
-      **({'tasks': tasks} if tasks else {}),  # a multi-task model's AUC per task output
+      **({'tasks': tasks} if config.head else {}),
   }
 
 
-def _delta(after, before):
+def _number(value: Optional[float], spec: str = '.4f') -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def _with_interval(value: Optional[float], interval: Optional[List[float]]) -> str:
+  """'0.7349 ±0.0081' (the 95% interval's half-width), '-' when missing."""
+  if value is None:
+    return '-'
+  return f'{value:.4f} ±{(interval[1] - interval[0]) / 2:.4f}' if interval else f'{value:.4f}'
+
+
+def _delta(after: Optional[float], before: Optional[float]) -> Optional[float]:
   return None if after is None or before is None else after - before
 
 
 def format_table(report: dict) -> str:
-  def fmt(value, spec='.4f'):
-    return '-' if value is None else format(value, spec)
-
-  header = f'{"domain":<16}{"train":>9}{"eval":>8}{"AUC pre":>10}{"AUC LoRA":>10}{"delta":>9}'
-  lines = [header, '-' * len(header)]
+  """The per-domain table (test split, 95% intervals), calibration, the comparison with production, the gate's
+  decision with its rule and the pushed model."""
+  header = (f'{"domain":<16}{"train":>8}{"test":>7}{"AUC pre":>17}{"AUC LoRA":>17}{"delta":>9}'
+            f'{"logloss":>9}{"const":>8}{"calib":>7}')
+  lines = [f'{report["split"]} split, 95% intervals', header, '-' * len(header)]
   for row in report['domains']:
-    lines.append(f'{row["domain"]:<16}{row["train_examples"]:>9}{row["eval_examples"]:>8}'
-                 f'{fmt(row["auc_pretrain"]):>10}{fmt(row["auc_finetune"]):>10}'
-                 f'{fmt(_delta(row["auc_finetune"], row["auc_pretrain"]), "+.4f"):>9}')
+    lines.append(f'{row["domain"]:<16}{row["train_examples"]:>8}{row["test_examples"]:>7}'
+                 f'{_with_interval(row["auc_pretrain"], row["auc_pretrain_ci"]):>17}'
+                 f'{_with_interval(row["auc_finetune"], row["auc_finetune_ci"]):>17}'
+                 f'{_number(_delta(row["auc_finetune"], row["auc_pretrain"]), "+.4f"):>9}'
+                 f'{_number(row["logloss"]):>9}{_number(row["constant_logloss"]):>8}'
+                 f'{_number(row["calibration"], ".2f"):>7}')
   lines.append('-' * len(header))
   for name in ('auc', 'wauc'):
     before, after = report[f'{name}_pretrain'], report[f'{name}_finetune']
-    lines.append(f'{name.upper() + " (all domains)":<33}{fmt(before):>10}{fmt(after):>10}'
-                 f'{fmt(_delta(after, before), "+.4f"):>9}')
-  tasks = report.get('tasks', {})
-  if tasks:  # a multi-task model: AUC of every task output, each over all exposures
-    lines.append(f'{"task AUC":<16}' + ''.join(f'{t + " pre":>12}{t + " LoRA":>12}' for t in tasks))
-    for row in report['domains'] + [{'domain': None}]:
-      values = [v['domains'][row['domain']] if row['domain'] else v for v in tasks.values()]
-      lines.append(f'{row["domain"] or "all domains":<16}' + ''.join(
-          f'{fmt(v["auc_pretrain"]):>12}{fmt(v["auc_finetune"]):>12}' for v in values))
+    lines.append(f'{name.upper() + " (all domains)":<31}'
+                 f'{_with_interval(before, report[f"{name}_pretrain_ci"]):>17}'
+                 f'{_with_interval(after, report[f"{name}_finetune_ci"]):>17}'
+                 f'{_number(_delta(after, before), "+.4f"):>9}')
+  lines.append(f'log loss {_number(report["logloss_finetune"])} (predicting the click rate: '
+               f'{_number(report["constant_logloss"])}), calibration '
+               f'{_number(report["calibration_finetune"], ".3f")}')
+  production = report['production']
+  if production:
+    change = production['wauc_change']
+    interval = f' [{change["ci"][0]:+.4f}, {change["ci"][1]:+.4f}]' if change and change['ci'] else ''
+    lines.append(f'vs production: WAUC {_number(production["wauc"])} -> {_number(report["wauc_finetune"])}, '
+                 f'change {_number(change and change["value"], "+.4f")}{interval}')
+  else:
+    lines.append('vs production: none yet (first run)')
+  for task, values in report.get('tasks', {}).items():  # a multi-task model: every task output's AUC
+    lines.append(f'task {task}: AUC {_number(values["overall"]["pretrain"].get("auc"))} -> '
+                 f'{_number(values["overall"]["finetune"].get("auc"))}, gate {values["rule"]}')
+  lines.append(f'gate: {"promoted" if report["blessed"] else "not promoted"} ({report["gate_rule"]})')
   lines.append(f'blessed: {report["blessed"]}')
   lines.append(f'pushed model: {report["pushed_model"] or "none (not blessed)"}')
   return '\n'.join(lines)
 
 
 def plot_domain_auc(report: dict, path: str) -> str:
+  """Per-domain test AUC before and after fine-tuning, with 95% intervals."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -153,13 +220,16 @@ def plot_domain_auc(report: dict, path: str) -> str:
   rows = report['domains']
   positions = np.arange(len(rows))
   fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
-  for offset, key, label in ((-0.2, 'auc_pretrain', 'pretrained backbone'), (0.2, 'auc_finetune', '+ MLoRA')):
-    ax.bar(positions + offset, [r[key] or 0 for r in rows], width=0.4, label=label)
-  ax.set_xticks(positions, [f'{r["domain"]}\n({r["train_examples"]})' for r in rows], fontsize=8)
+  for offset, stage, label in ((-0.2, 'pretrain', 'pretrained backbone'), (0.2, 'finetune', '+ MLoRA')):
+    values = [r[f'auc_{stage}'] or 0 for r in rows]
+    errors = [(r[f'auc_{stage}_ci'][1] - r[f'auc_{stage}_ci'][0]) / 2 if r[f'auc_{stage}_ci'] else 0
+              for r in rows]
+    ax.bar(positions + offset, values, width=0.4, yerr=errors, capsize=2, label=label)
+  ax.set_xticks(positions, [f'{r["domain"]}\n({r["test_examples"]})' for r in rows], fontsize=8)
   values = [r[k] for r in rows for k in ('auc_pretrain', 'auc_finetune') if r[k] is not None]
-  ax.set_ylim(max(0.0, min(values) - 0.05) if values else 0.0, 1.0)
-  ax.set_ylabel('AUC (eval split)')
-  ax.set_title(f'Per-domain AUC; WAUC {report["wauc_pretrain"]:.4f} -> {report["wauc_finetune"]:.4f}')
+  ax.set_ylim(max(0.0, min(values) - 0.1) if values else 0.0, 1.0)
+  ax.set_ylabel(f'AUC ({report["split"]} split, 95% interval)')
+  ax.set_title(f'Per-domain AUC; WAUC {_number(report["wauc_pretrain"])} -> {_number(report["wauc_finetune"])}')
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)

@@ -31,6 +31,7 @@ from data.split import DEFAULT_RATIOS, SPLITS
 from models.features import FeatureSpec
 from pipeline import lineage
 from pipeline import report as report_lib
+from models.model import PREDICTION
 from pipeline.config import SPAN_FOLDER, PipelineConfig
 import schemas
 
@@ -96,18 +97,15 @@ def write_span(frame: pd.DataFrame, data_root: str, day: int) -> str:
   return folder
 
 
-def candidate_and_production(config: PipelineConfig) -> Dict[Optional[str], Dict[str, Optional[float]]]:
-  """{domain, or None for all domains: {'candidate': AUC, 'production': AUC or None}} from the latest
-  run's Evaluator, which scores both on the same examples; None where there is no production model yet."""
-  by_node = report_lib.latest_run_artifacts(config)
-  evaluation = max(by_node['Evaluator']['ModelEvaluation'], key=lambda a: a.id)
-  metrics = report_lib.slice_metrics(evaluation.uri, config.feature_spec.domain)
-  result = {}
-  for domain, values in metrics.items():
-    diff = values.get('auc_diff')
-    result[domain] = {'candidate': values.get('auc'),
-                      'production': None if diff is None else values['auc'] - diff}
-  return result
+def candidate_and_production(config: PipelineConfig) -> Dict[Optional[str], Dict[str, object]]:
+  """{domain, or None for all domains: {'candidate': AUC, 'production': AUC or None, 'change_ci': the 95%
+  interval of the difference or None}} from the latest run's PromotionGate, which scores both on the same
+  test examples; production is None where there is no production model yet."""
+  task = report_lib.task_report(report_lib.latest_gate_evaluation(config)['tasks'][PREDICTION])
+  slices = {**task['domains'], None: task['overall']}
+  return {domain: {'candidate': s['finetune'].get('auc'), 'production': s['production'].get('auc'),
+                   'change_ci': (s['auc_change'] or {}).get('ci')}
+          for domain, s in slices.items()}
 
 
 def _fmt(value: Optional[float], spec: str = '.4f') -> str:
@@ -115,19 +113,22 @@ def _fmt(value: Optional[float], spec: str = '.4f') -> str:
 
 
 def format_run(summary: dict) -> str:
-  """One run's table: per-domain AUC of the candidate and the production model, blessed, pushed."""
+  """One run's table: per-domain test AUC of the candidate and the production model, their difference with
+  its 95% interval, blessed, pushed."""
   lines = [f'span {summary["span"]}: {summary["rows"]} rows, {len(summary["domains"])} domains, '
            f'warm start: {summary["warm_start"] or "none (from scratch)"}, wall time {summary["wall_s"]:.0f} s']
   if summary['stopped']:
     return '\n'.join(lines + [f'stopped by validation, production unchanged:\n{summary["stopped"]}'])
-  header = f'{"domain":<16}{"AUC cand":>10}{"AUC prod":>10}{"delta":>9}'
+  header = f'{"domain":<16}{"AUC cand":>10}{"AUC prod":>10}{"delta":>9}  95% interval'
   lines += [header, '-' * len(header)]
   for domain in summary['domains'] + [None]:
     auc = summary['auc'].get(domain, {})
-    candidate, production = auc.get('candidate'), auc.get('production')
+    candidate, production, interval = auc.get('candidate'), auc.get('production'), auc.get('change_ci')
     delta = None if candidate is None or production is None else candidate - production
-    lines.append(f'{domain or "all domains":<16}{_fmt(candidate):>10}{_fmt(production):>10}{_fmt(delta, "+.4f"):>9}')
-  lines.append(f'blessed: {summary["blessed"]}  pushed: {summary["pushed"] or "no"}')
+    interval = f'[{interval[0]:+.4f}, {interval[1]:+.4f}]' if interval else '-'
+    lines.append(f'{domain or "all domains":<16}{_fmt(candidate):>10}{_fmt(production):>10}{_fmt(delta, "+.4f"):>9}'
+                 f'  {interval}')
+  lines.append(f'blessed: {summary["blessed"]} ({summary["rule"]})  pushed: {summary["pushed"] or "no"}')
   return '\n'.join(lines)
 
 
@@ -147,7 +148,7 @@ def simulate(data_root: str, spans: int, rows_per_span: int, make_config: Callab
              run_pipeline: Callable[[PipelineConfig], dict], drift: Drift = Drift(), seed: int = 0,
              show: Callable[[str], None] = print) -> List[dict]:
   """Writes span after span under `data_root` and runs the pipeline on each; shows each run's table and
-  returns one summary per run (span, rows, domains, warm_start, auc, blessed, pushed, stopped, wall_s)."""
+  returns one summary per run (span, rows, domains, warm_start, auc, blessed, rule, pushed, stopped, wall_s)."""
   world = synthetic.generate(rows_per_span * spans, seed)
   summaries = []
   for day in range(1, spans + 1):
@@ -157,11 +158,11 @@ def simulate(data_root: str, spans: int, rows_per_span: int, make_config: Callab
     config = make_config(data_root)
     start = time.time()
     summary = {'span': day, 'rows': rows_per_span, 'domains': list(spec.domains), 'auc': {}, 'blessed': False,
-               'pushed': None, 'stopped': None, 'warm_start': None}
+               'rule': None, 'pushed': None, 'stopped': None, 'warm_start': None}
     try:
       report = run_pipeline(config)
-      summary.update(auc=candidate_and_production(config), blessed=report['blessed'], pushed=report['pushed_model'],
-                     warm_start=lineage.warm_start_source(config))
+      summary.update(auc=candidate_and_production(config), blessed=report['blessed'], rule=report['gate_rule'],
+                     pushed=report['pushed_model'], warm_start=lineage.warm_start_source(config))
     except DataValidationError as error:
       summary['stopped'] = str(error)
     summary['wall_s'] = time.time() - start

@@ -36,8 +36,8 @@ SHARED_ROWS = 4000  # one day: 2400 train, 800 eval, 800 test rows
 SHARED_SEED = 3
 SHARED_CHALLENGER = 'pretrain:star'  # STAR end to end, scored by the bench tests
 SHARED_RUN = ['simulate', '--spans', '1', '--rows-per-span', str(SHARED_ROWS), '--seed', str(SHARED_SEED),
-              *TINY_TRAINING, '--min-domain-auc', '0', '--challenger', SHARED_CHALLENGER, '--enable-cache']
-SHARED_SETTINGS = dict(TINY, seed=SHARED_SEED, min_domain_auc=0.0, challengers=(SHARED_CHALLENGER,), enable_cache=True)
+              *TINY_TRAINING, '--challenger', SHARED_CHALLENGER, '--enable-cache']
+SHARED_SETTINGS = dict(TINY, seed=SHARED_SEED, challengers=(SHARED_CHALLENGER,), enable_cache=True)
 
 
 class SharedRun:

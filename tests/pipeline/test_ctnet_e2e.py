@@ -19,7 +19,7 @@ from tests import runs
 pytestmark = pytest.mark.e2e
 
 ROWS = 3000
-FEWEST_STEPS = ['--pretrain-steps', '20', '--finetune-steps', '10', '--eval-steps', '2', '--min-domain-auc', '0']
+FEWEST_STEPS = ['--pretrain-steps', '20', '--finetune-steps', '10', '--eval-steps', '2']
 
 
 @pytest.fixture(scope='module', params=['shared', pytest.param('own', marks=pytest.mark.slow)])

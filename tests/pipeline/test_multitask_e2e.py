@@ -9,24 +9,25 @@ import tensorflow as tf
 
 from data import synthetic
 from pipeline.config import PipelineConfig
-from pipeline.pipeline import eval_config
+from pipeline.pipeline import eval_config, promotion_settings
 from tests import runs
 
 ROWS = 3000
-# A small domain's eval slice may hold no conversion at all (its AUC is then 0): no bound on cvr and ctcvr here.
 ESMM_RUN = ['--head', 'esmm', '--balancing', 'uncertainty', '--pcgrad', '--pretrain-steps', '100',
-            '--finetune-steps', '20', '--eval-steps', '2', '--min-domain-auc', '0.3', '--task-min-auc', 'cvr=0,ctcvr=0']
+            '--finetune-steps', '20', '--eval-steps', '2']
 
 
-def test_eval_config_gates_every_task_with_its_threshold():
+def test_every_task_is_evaluated_and_gated_with_its_floor():
   config = PipelineConfig('data', 'schema.pbtxt', 'out', synthetic.FEATURE_SPEC, head='esmm', min_domain_auc=0.6,
                           task_min_auc={'cvr': 0.52})
-  specs = eval_config(config, gate=True)
+  specs = eval_config(config)
   assert dict(specs.model_specs[0].label_keys) == {'ctr': 'click', 'cvr': 'conversion', 'ctcvr': 'conversion'}
   assert dict(specs.model_specs[0].prediction_keys) == {'ctr': 'ctr', 'cvr': 'cvr', 'ctcvr': 'ctcvr'}
-  bounds = {tuple(s.output_names): next(m.threshold.value_threshold.lower_bound.value for m in s.metrics
-                                        if m.class_name == 'AUC') for s in specs.metrics_specs}
-  assert bounds == {('ctr',): 0.6, ('cvr',): 0.52, ('ctcvr',): 0.6}
+  assert [list(s.output_names) for s in specs.metrics_specs] == [['ctr'], ['cvr'], ['ctcvr']]
+  settings = json.loads(promotion_settings(config))
+  assert settings['task_labels'] == {'ctr': 'click', 'cvr': 'conversion', 'ctcvr': 'conversion'}
+  assert settings['task_floors'] == {'ctr': 0.6, 'cvr': 0.52, 'ctcvr': 0.6}
+  assert settings['uncalibrated'] == ['cvr']  # P(conversion | click), scored over every exposure: AUC only
   with pytest.raises(ValueError, match='head'):
     PipelineConfig('data', 'schema.pbtxt', 'out', synthetic.FEATURE_SPEC, pcgrad=True)
 
@@ -50,9 +51,10 @@ def test_esmm_model_is_blessed_and_pushed(esmm_run):
   assert len(runs.pushed_versions(esmm_run['output_dir'])) == 1
   assert set(report['tasks']) == {'ctr', 'cvr', 'ctcvr'}  # each task scored (and gated) per domain
   for task, values in report['tasks'].items():
-    assert 0.0 <= values['auc_finetune'] <= 1.0, task
+    assert 0.0 <= values['overall']['finetune']['auc'] <= 1.0, task
     assert set(values['domains']) == set(synthetic.FEATURE_SPEC.domains)
-  assert report['auc_finetune'] == report['tasks']['ctr']['auc_finetune']
+    assert values['blessed'] and values['rule'] == 'first_run'
+  assert report['auc_finetune'] == report['tasks']['ctr']['overall']['finetune']['auc']
 
 
 @pytest.mark.e2e

@@ -70,7 +70,8 @@ def test_kubeflow_spec_reads_the_newest_span_and_warm_starts(tmp_path):
   tasks = spec['pipelineSpec']['root']['dag']['tasks']
   input_config = json.loads(tasks['CsvExampleGen']['inputs']['parameters']['input_config']['runtimeValue']
                             ['constantValue']['stringValue'])
-  assert [s['pattern'] for s in input_config['splits']] == ['span-{SPAN}/train/*', 'span-{SPAN}/eval/*']
+  assert [s['pattern'] for s in input_config['splits']] == ['span-{SPAN}/train/*', 'span-{SPAN}/eval/*',
+                                                            'span-{SPAN}/test/*']
   base_model = tasks['PretrainTrainer']['inputs']['artifacts']['base_model']['taskOutputArtifact']
   assert base_model['producerTask'].startswith('LatestBlessedModelResolver')
   assert tasks['FinetuneTrainer']['inputs']['artifacts']['base_model']['taskOutputArtifact']['producerTask'] == \
@@ -159,10 +160,11 @@ def test_airflow_dag_loads_through_dagbag(tmp_path):
   upstream = loaded['tasks']
   assert set(upstream) == {'CsvExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator', 'AnomaliesGate',
                            'Transform', 'LatestBlessedModelResolver', 'PretrainTrainer', 'FinetuneTrainer',
-                           'PretrainEvaluator', 'Evaluator', 'Pusher'}
+                           'Evaluator', 'PromotionGate', 'Pusher'}
   assert upstream['CsvExampleGen'] == [] and upstream['LatestBlessedModelResolver'] == []
   assert 'AnomaliesGate' in upstream['Transform']  # nothing trains on data that failed validation
   assert set(upstream['PretrainTrainer']) >= {'Transform', 'LatestBlessedModelResolver'}  # the warm start
   assert 'PretrainTrainer' in upstream['FinetuneTrainer']
   assert set(upstream['Evaluator']) >= {'FinetuneTrainer', 'LatestBlessedModelResolver'}
-  assert 'Evaluator' in upstream['Pusher']
+  assert set(upstream['PromotionGate']) >= {'FinetuneTrainer', 'LatestBlessedModelResolver', 'PretrainTrainer'}
+  assert 'PromotionGate' in upstream['Pusher']

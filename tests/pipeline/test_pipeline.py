@@ -4,8 +4,9 @@ import json
 import pytest
 
 from data import synthetic
+from components.promotion_gate import GateRules
 from pipeline.config import PipelineConfig, input_format, input_splits
-from pipeline.pipeline import create_pipeline, eval_config
+from pipeline.pipeline import create_pipeline, eval_config, promotion_settings
 import schemas
 import tfx_runner
 
@@ -22,8 +23,8 @@ def test_components_in_order(tmp_path):
   ids = [c.id for c in pipeline.components]  # topologically sorted
   assert sorted(ids) == sorted(['CsvExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator',
                                 'AnomaliesGate', 'Transform', 'PretrainTrainer', 'FinetuneTrainer',
-                                'PretrainEvaluator', 'LatestBlessedModelResolver', 'Evaluator', 'Pusher'])
-  chain = ['ExampleValidator', 'AnomaliesGate', 'Transform', 'PretrainTrainer', 'FinetuneTrainer', 'Evaluator',
+                                'LatestBlessedModelResolver', 'Evaluator', 'PromotionGate', 'Pusher'])
+  chain = ['ExampleValidator', 'AnomaliesGate', 'Transform', 'PretrainTrainer', 'FinetuneTrainer', 'PromotionGate',
            'Pusher']
   assert [ids.index(c) for c in chain] == sorted(ids.index(c) for c in chain)
 
@@ -34,10 +35,12 @@ def test_wiring(tmp_path):
   finetune = components['FinetuneTrainer']
   assert finetune.inputs['base_model'].producer_component_id == 'PretrainTrainer'
   assert finetune.exec_properties['run_fn'] == 'models.trainer.finetune_run_fn'
-  assert components['Evaluator'].inputs['model'].producer_component_id == 'FinetuneTrainer'
-  assert components['Evaluator'].inputs['baseline_model'].producer_component_id == 'LatestBlessedModelResolver'
-  assert components['PretrainEvaluator'].inputs['model'].producer_component_id == 'PretrainTrainer'
-  assert components['Pusher'].inputs['model_blessing'].producer_component_id == 'Evaluator'
+  for node in ('Evaluator', 'PromotionGate'):  # both judge the candidate against the production model
+    assert components[node].inputs['model'].producer_component_id == 'FinetuneTrainer'
+    assert components[node].inputs['baseline_model'].producer_component_id == 'LatestBlessedModelResolver'
+  assert components['PromotionGate'].inputs['pretrained_model'].producer_component_id == 'PretrainTrainer'
+  assert json.loads(components['Evaluator'].exec_properties['example_splits']) == ['test']
+  assert components['Pusher'].inputs['model_blessing'].producer_component_id == 'PromotionGate'
 
 
 def test_challengers_train_beside_the_stages_and_are_not_pushed(tmp_path):
@@ -87,16 +90,19 @@ def test_adaptation_option_flags_are_read_as_json(tmp_path):
                      '--adaptation-option', 'adasparse_from=scaling'])
 
 
-def test_gate_thresholds_every_slice_and_wauc(tmp_path):
-  config = _config(tmp_path, min_domain_auc=0.6, max_auc_drop=0.02)
-  gated = eval_config(config, gate=True)
-  assert [s.feature_keys for s in gated.slicing_specs] == [[], ['domain']]
-  metrics = {m.class_name: m for m in gated.metrics_specs[0].metrics}
-  auc = metrics['AUC'].threshold
-  assert auc.value_threshold.lower_bound.value == 0.6
-  assert auc.change_threshold.absolute.value == -0.02
-  assert metrics['WeightedDomainAUC'].threshold.change_threshold.absolute.value == -0.02
-  assert not any(m.HasField('threshold') for m in eval_config(config, gate=False).metrics_specs[0].metrics)
+def test_gate_settings_come_from_the_config_and_tfma_only_reports(tmp_path):
+  config = _config(tmp_path, min_domain_auc=0.6, auc_tolerance=0.02, logloss_tolerance=0.003, gate_min_examples=50,
+                   gate_min_positives=5)
+  settings = json.loads(promotion_settings(config))
+  assert settings['split'] == 'test' and settings['domain'] == 'domain'
+  assert settings['task_labels'] == {'ctr': 'click'} and settings['task_floors'] == {'ctr': 0.6}
+  assert GateRules(**settings['rules']) == GateRules(min_examples=50, min_positives=5, auc_tolerance=0.02,
+                                                     logloss_tolerance=0.003, min_domain_auc=0.6)
+  tfma_config = eval_config(config)  # every metric per domain slice, no threshold: the gate blesses
+  assert [s.feature_keys for s in tfma_config.slicing_specs] == [[], ['domain']]
+  assert {m.class_name for m in tfma_config.metrics_specs[0].metrics} >= {'AUC', 'WeightedDomainAUC',
+                                                                          'BinaryCrossentropy', 'MeanPrediction'}
+  assert not any(m.HasField('threshold') for m in tfma_config.metrics_specs[0].metrics)
 
 
 def test_fixed_split_folders(tmp_path):
@@ -106,9 +112,28 @@ def test_fixed_split_folders(tmp_path):
   assert input_format(str(tmp_path)) == 'csv'
 
 
+def test_without_a_test_folder_the_input_is_pooled_and_split_three_ways(tmp_path):
+  for split in ('train', 'eval'):
+    synthetic.write_csv(synthetic.generate(20), str(tmp_path / 'nested' / split))
+  flat = tmp_path / 'flat'  # the data file beside the files that describe it
+  synthetic.write_csv(synthetic.generate(20), str(flat))
+  (flat / 'features.json').write_text('{}')
+  (flat / 'schema.pbtxt').write_text('')
+  for folder, pattern in (('nested', '*/*.csv'), ('flat', '*.csv')):
+    assert input_splits(str(tmp_path / folder)) is None
+    config = PipelineConfig(data_path=str(tmp_path / folder), schema_path=schemas.DEFAULT_SCHEMA_PATH,
+                            output_dir=str(tmp_path / 'out'), feature_spec=synthetic.FEATURE_SPEC)
+    assert config.pool_pattern() == pattern  # only data files are data
+    example_gen = next(c for c in create_pipeline(config).components if c.id == 'CsvExampleGen')
+    assert json.loads(example_gen.exec_properties['input_config'])['splits'] == [
+        {'name': 'single_split', 'pattern': pattern}]
+    split_config = json.loads(example_gen.exec_properties['output_config'])['split_config']['splits']
+    assert [(s['name'], s['hash_buckets']) for s in split_config] == [('train', 3), ('eval', 1), ('test', 1)]
+
+
 def test_split_folders_need_train_and_eval(tmp_path):
   (tmp_path / 'train').mkdir()
-  with pytest.raises(ValueError, match='train/ and eval/'):
+  with pytest.raises(ValueError, match='train/, eval/ and test/'):
     input_splits(str(tmp_path))
 
 

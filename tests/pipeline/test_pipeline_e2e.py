@@ -15,11 +15,12 @@ import tf_keras
 from tfx import v1 as tfx
 
 from components import anomalies_gate
+from components.promotion_gate import PromotionGate, read_evaluation
 from data import synthetic
 from models.trainer import export_serving_model, keras_model_path
 from pipeline import lineage
 from pipeline.config import LOCAL_BEAM_ARGS
-from pipeline.pipeline import eval_config, evaluation_split
+from pipeline.pipeline import promotion_settings
 import schemas
 from tests import runs
 
@@ -36,15 +37,20 @@ def test_shared_run_is_blessed_and_pushed(shared_run):
 
 def test_report_has_metrics_for_every_domain(shared_run):
   report = shared_run.report
-  assert report['eval_split'] == 'test'  # judged on rows no Trainer selected on
+  assert report['split'] == 'test'  # judged on rows no Trainer selected on
   assert [row['domain'] for row in report['domains']] == synthetic.FEATURE_SPEC.domains
   train, test = shared_run.frame('train'), shared_run.frame('test')
   for row in report['domains']:
     assert row['train_examples'] == (train.domain == row['domain']).sum() > 0
-    assert row['eval_examples'] == (test.domain == row['domain']).sum()
-    assert 0.0 <= row['auc_pretrain'] <= 1.0 and 0.0 <= row['auc_finetune'] <= 1.0
+    assert row['test_examples'] == (test.domain == row['domain']).sum()
+    for stage in ('pretrain', 'finetune'):
+      low, high = row[f'auc_{stage}_ci']
+      assert 0.0 <= row[f'auc_{stage}'] <= 1.0 and low < row[f'auc_{stage}'] < high
+    assert row['logloss'] > 0 and row['constant_logloss'] > 0 and row['calibration'] > 0
   for key in ('auc_pretrain', 'auc_finetune', 'wauc_pretrain', 'wauc_finetune'):
     assert 0.5 < report[key] <= 1.0
+  assert report['production'] is None and report['gate_rule'] == 'first_run'  # nothing to compare with yet
+  assert any(reason.startswith('overall: AUC') for reason in report['gate_reasons'])
   assert os.path.getsize(os.path.join(shared_run.output_dir, 'domain_auc.png')) > 1000
 
 
@@ -74,11 +80,12 @@ def _degraded_copy(model_uri: str, transform_uri: str, spec, destination: str) -
 
 
 def _gate_and_push(shared_run, candidate_uri: str, root: str) -> dict:
-  """The pipeline's Evaluator (its gate config) and Pusher, run for real on the shared run's examples with
+  """The pipeline's PromotionGate (its settings) and Pusher, run for real on the shared run's examples with
   `candidate_uri` as the candidate and the shared run's pushed model as the production model; returns the
-  blessing's and the push's outcome."""
+  gate's evaluation.json and the versions pushed."""
   config = shared_run.config()
   examples = lineage.latest_artifacts(config, 'CsvExampleGen', 'examples', lineage.OUTPUT)[0]
+  schema = lineage.latest_artifacts(config, 'ImportSchemaGen', 'schema', lineage.OUTPUT)[0]
   production = lineage.latest_artifacts(config, 'Pusher', 'model')[0]
 
   def imported(node_id, uri, artifact_type, **properties):
@@ -86,26 +93,27 @@ def _gate_and_push(shared_run, candidate_uri: str, root: str) -> dict:
 
   examples_node = imported('examples', examples.uri, tfx.types.standard_artifacts.Examples,
                            split_names=examples.properties['split_names'].string_value)
+  schema_node = imported('schema', schema.uri, tfx.types.standard_artifacts.Schema)
   candidate = imported('candidate', candidate_uri, tfx.types.standard_artifacts.Model)
   baseline = imported('production', production.uri, tfx.types.standard_artifacts.Model)
-  evaluator = tfx.components.Evaluator(
-      examples=examples_node.outputs['result'], model=candidate.outputs['result'],
-      baseline_model=baseline.outputs['result'], example_splits=[evaluation_split(config)],
-      eval_config=eval_config(config, gate=True))
+  gate = PromotionGate(examples=examples_node.outputs['result'], schema=schema_node.outputs['result'],
+                       model=candidate.outputs['result'], baseline_model=baseline.outputs['result'],
+                       settings=promotion_settings(config))
   serving = os.path.join(root, 'serving')
   pusher = tfx.components.Pusher(
-      model=candidate.outputs['result'], model_blessing=evaluator.outputs['blessing'],
+      model=candidate.outputs['result'], model_blessing=gate.outputs['blessing'],
       push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
           base_directory=serving)))
   tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
       pipeline_name='gate-check', pipeline_root=os.path.join(root, 'pipeline_root'),
-      components=[examples_node, candidate, baseline, evaluator, pusher], beam_pipeline_args=list(LOCAL_BEAM_ARGS),
+      components=[examples_node, schema_node, candidate, baseline, gate, pusher],
+      beam_pipeline_args=list(LOCAL_BEAM_ARGS),
       metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
           os.path.join(root, 'metadata.db'))))
-  [blessing] = glob.glob(os.path.join(root, 'pipeline_root', 'Evaluator', 'blessing', '*'))
-  return {'blessed': os.path.exists(os.path.join(blessing, 'BLESSED')),
-          'not_blessed': os.path.exists(os.path.join(blessing, 'NOT_BLESSED')),
-          'pushed_versions': os.listdir(serving) if os.path.isdir(serving) else []}
+  [blessing] = glob.glob(os.path.join(root, 'pipeline_root', 'PromotionGate', 'blessing', '*'))
+  evaluation = read_evaluation(blessing)
+  assert os.path.exists(os.path.join(blessing, 'BLESSED' if evaluation['blessed'] else 'NOT_BLESSED'))
+  return {**evaluation, 'pushed_versions': os.listdir(serving) if os.path.isdir(serving) else []}
 
 
 def test_a_model_worse_than_production_is_not_blessed_nor_pushed(shared_run, tmp_path):
@@ -114,10 +122,13 @@ def test_a_model_worse_than_production_is_not_blessed_nor_pushed(shared_run, tmp
   transform = lineage.latest_artifacts(config, 'Transform', 'transform_graph', lineage.OUTPUT)[0].uri
   degraded = _degraded_copy(production, transform, shared_run.spec, str(tmp_path / 'degraded'))
   outcome = _gate_and_push(shared_run, degraded, str(tmp_path / 'worse'))
-  assert outcome == {'blessed': False, 'not_blessed': True, 'pushed_versions': []}
+  assert not outcome['blessed'] and outcome['pushed_versions'] == []
+  # The first failing check of the rule: the one domain with enough test data to decide is much worse.
+  assert outcome['tasks']['ctr']['decision']['rule'] == 'domain_auc_worse'
   # The control: the same gate passes the production model itself (no AUC drop) and the Pusher pushes it.
   outcome = _gate_and_push(shared_run, production, str(tmp_path / 'same'))
   assert outcome['blessed'] and len(outcome['pushed_versions']) == 1
+  assert outcome['tasks']['ctr']['decision']['rule'] == 'not_worse_overall'
 
 
 @pytest.mark.slow
@@ -128,7 +139,7 @@ def test_model_trained_on_shuffled_labels_is_not_pushed(shared_run, tmp_path):
   versions_before = runs.pushed_versions(output_dir)
   frame = pd.concat([shared_run.frame(split) for split in ('train', 'eval', 'test')], ignore_index=True)
   runs.write_split(frame, tmp_path / 'shuffled', shuffle_train_labels=True)
-  assert runs.run_cli(output_dir, tmp_path / 'shuffled', ['--min-domain-auc', '0']) == 0
+  assert runs.run_cli(output_dir, tmp_path / 'shuffled') == 0
   with open(os.path.join(output_dir, 'report.json')) as f:
     report = json.load(f)
   assert report['auc_finetune'] < shared_run.report['auc_finetune']

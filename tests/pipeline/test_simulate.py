@@ -68,15 +68,17 @@ def test_spans_are_written_with_train_eval_and_test(tmp_path):
 
 def test_tables_show_candidate_and_production():
   summary = {'span': 2, 'rows': 100, 'domains': ['a', 'b'], 'warm_start': '/m/9', 'wall_s': 61.0, 'stopped': None,
-             'blessed': True, 'pushed': '/serving/ctr/2',
-             'auc': {'a': {'candidate': 0.7, 'production': 0.65}, 'b': {'candidate': 0.6, 'production': None},
-                     None: {'candidate': 0.66, 'production': 0.64}}}
+             'blessed': True, 'rule': 'not_worse_overall', 'pushed': '/serving/ctr/2',
+             'auc': {'a': {'candidate': 0.7, 'production': 0.65, 'change_ci': [0.01, 0.09]},
+                     'b': {'candidate': 0.6, 'production': None, 'change_ci': None},
+                     None: {'candidate': 0.66, 'production': 0.64, 'change_ci': [-0.01, 0.05]}}}
   table = simulate.format_run(summary)
-  assert 'warm start: /m/9' in table and 'pushed: /serving/ctr/2' in table
+  assert 'warm start: /m/9' in table and 'blessed: True (not_worse_overall)  pushed: /serving/ctr/2' in table
   row_a = next(line for line in table.splitlines() if line.startswith('a '))
-  assert row_a.split()[1:] == ['0.7000', '0.6500', '+0.0500']
-  assert next(line for line in table.splitlines() if line.startswith('b ')).split()[1:] == ['0.6000', '-', '-']
-  stopped = dict(summary, stopped='field price missing', auc={}, warm_start=None, blessed=False, pushed=None)
+  assert row_a.split()[1:] == ['0.7000', '0.6500', '+0.0500', '[+0.0100,', '+0.0900]']
+  assert next(line for line in table.splitlines() if line.startswith('b ')).split()[1:] == ['0.6000', '-', '-', '-']
+  stopped = dict(summary, stopped='field price missing', auc={}, warm_start=None, blessed=False, rule=None,
+                 pushed=None)
   assert 'stopped by validation' in simulate.format_run(stopped)
   lines = simulate.format_summary([summary, stopped]).splitlines()
   assert lines[2].split() == ['2', '100', '61', 'yes', '0.6600', '0.6400', 'True', 'yes']
@@ -90,8 +92,8 @@ def test_simulate_command_runs_each_day_and_prints_its_table(shared_run):
   rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.split()}
   for domain in synthetic.FEATURE_SPEC.domains:  # the candidate's AUC; no production model on day 1
     assert float(rows[domain][0]) == pytest.approx(shared_run.report['domains'][
-        synthetic.FEATURE_SPEC.domains.index(domain)]['auc_finetune'], abs=5e-5) and rows[domain][1:] == ['-', '-']
-  assert f'blessed: True  pushed: {shared_run.report["pushed_model"]}' in printed
+        synthetic.FEATURE_SPEC.domains.index(domain)]['auc_finetune'], abs=5e-5) and rows[domain][1:] == ['-'] * 3
+  assert f'blessed: True (first_run)  pushed: {shared_run.report["pushed_model"]}' in printed
   summary = next(line for line in printed.splitlines() if line.split()[:2] == ['1', str(runs.SHARED_ROWS)])
   assert summary.split()[3:] == ['no', f'{shared_run.report["auc_finetune"]:.4f}', '-', 'True', 'yes']
   assert 'total wall time' in printed

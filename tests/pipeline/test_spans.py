@@ -24,7 +24,7 @@ import schemas
 from tests import runs
 
 ROWS = runs.SHARED_ROWS  # per span
-SMALL = dict(runs.TINY, min_domain_auc=0.0)  # the shared run's settings: its model is the production model
+SMALL = runs.TINY  # the shared run's settings: its model is the production model
 UNTIL_PRETRAIN = ('CsvExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator', 'AnomaliesGate',
                   'Transform', 'PretrainTrainer')
 USER_EMBEDDING = 'embedding_user_id_xf'
@@ -72,7 +72,7 @@ def test_a_span_pool_is_split_by_hash(tmp_path):
   config = _config(tmp_path)
   assert config.input_layout() == ('csv', None)
   example_gen = next(c for c in create_pipeline(config).components if c.id == 'CsvExampleGen')
-  assert json.loads(example_gen.exec_properties['input_config'])['splits'][0]['pattern'] == 'span-{SPAN}/*'
+  assert json.loads(example_gen.exec_properties['input_config'])['splits'][0]['pattern'] == 'span-{SPAN}/*.csv'
   assert 'hash_buckets' in example_gen.exec_properties['output_config']
 
 
