@@ -294,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help='TF Serving batching parameters file (default: the built-in values, which `run` also '
                           'writes to OUTPUT_DIR/serving/batching_parameters.txt)')
 
+  docs = commands.add_parser(
+      'docs', help='regenerate the published tables and plots from their results files (pipeline/docs.py)',
+      description='Rewrite docs/benchmarks/*/results.md, results.json and plots from each grid\'s results.jsonl, '
+                  'and every generated block of README.md and docs/*.md from its results file.')
+  docs.add_argument('--check', action='store_true',
+                    help='write nothing; exit 1 and name the documents whose generated blocks are stale')
+
   predict = commands.add_parser(
       'predict', help='score raw CSV rows on a running model server (this project\'s or TF Serving)',
       description='Send each row of INPUT as a tf.Example through PredictionService.Predict (serving_default) '
@@ -352,6 +359,20 @@ def run_bench(args) -> int:
   print('\n' + bench.format_markdown(summary))
   print(f'results: {os.path.join(args.output_dir, bench.RESULTS_MD)}  total wall time: {time.time() - start:.0f} s')
   return 1 if summary['failed'] else 0
+
+
+def generate_docs(args) -> int:
+  """Regenerates the published figures from their results files, or checks that they are current."""
+  from pipeline import docs  # pylint: disable=g-import-not-at-top
+
+  paths = docs.generate(check=args.check)
+  if args.check:
+    for path in paths:
+      print(f'stale: {os.path.relpath(path, REPO_ROOT)} (run `python tfx_runner.py docs`)', file=sys.stderr)
+    return 1 if paths else 0
+  for path in paths:
+    print(f'wrote {os.path.relpath(path, REPO_ROOT)}')
+  return 0
 
 
 def serve_model(args) -> int:
@@ -506,6 +527,8 @@ def main(argv=None) -> int:
     return run_bench(args)
   if args.command == 'predict':
     return predict_scores(args)
+  if args.command == 'docs':
+    return generate_docs(args)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   if args.command == 'serve':
     return serve_model(args)

@@ -339,10 +339,18 @@ def grid_records(cells: Sequence[Cell], training: Training, records: Sequence[di
 
 # --- Summary over seeds --------------------------------------------------------------------------------
 
+CONFIDENCE = 0.95
+
+
 def mean_std(values: Sequence[float]) -> dict:
-  """{'mean', 'std'}: the sample standard deviation (ddof 1), None for a single value."""
+  """{'mean', 'std', 'half_width'} over seeds: the sample standard deviation (ddof 1) and the half-width of
+  the 95% t-interval of the mean, std * t(0.975, n - 1) / sqrt(n); both None for a single value."""
   values = np.asarray(values, dtype=np.float64)
-  return {'mean': float(values.mean()), 'std': float(values.std(ddof=1)) if len(values) > 1 else None}
+  if len(values) < 2:
+    return {'mean': float(values.mean()), 'std': None, 'half_width': None}
+  std = float(values.std(ddof=1))
+  half_width = std * float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) / math.sqrt(len(values))
+  return {'mean': float(values.mean()), 'std': std, 'half_width': half_width}
 
 
 def paired_p_value(candidate: Dict[int, float], baseline: Dict[int, float]) -> Optional[float]:
@@ -353,6 +361,15 @@ def paired_p_value(candidate: Dict[int, float], baseline: Dict[int, float]) -> O
     return None
   p_value = float(stats.ttest_rel([candidate[s] for s in seeds], [baseline[s] for s in seeds]).pvalue)
   return None if math.isnan(p_value) else p_value
+
+
+def paired_change(candidate: Dict[int, float], baseline: Dict[int, float]) -> Optional[dict]:
+  """The change candidate - baseline over the seeds both have: `mean_std` of the per-seed differences (its
+  `half_width`, the paired 95% interval) and the paired t-test's `p_value`; None without a common seed."""
+  seeds = sorted(set(candidate) & set(baseline))
+  if not seeds:
+    return None
+  return {**mean_std([candidate[s] - baseline[s] for s in seeds]), 'p_value': paired_p_value(candidate, baseline)}
 
 
 SUMMARY_METRICS = ('wauc', 'auc', 'gauc', 'logloss', 'calibration')
@@ -378,14 +395,15 @@ def _method_row(backbone: str, name: str, records: Sequence[dict]) -> dict:
       'kept_epochs': [x.get('best_epoch') for x in results],  # the Trainer's best validation epoch, 0: its start
       'cell_wall_seconds': float(np.mean([r['wall_seconds'] for r in records])),
       'baseline': METHODS[name].baseline,
+      'wauc_change': None,
       'wauc_p_value': None,
   }
 
 
 def summarize(records: Sequence[dict]) -> dict:
   """{'datasets': {dataset: {'domains', 'rows'}}, 'cells', 'cells_wall_seconds'} over the records of one
-  grid: a row per backbone x method (in METHODS order) with mean and std over seeds, and the paired
-  t-test p-value of each method's WAUC against its baseline's."""
+  grid: a row per backbone x method (in METHODS order) with mean, std and 95% interval over seeds, and each
+  method's WAUC change against its baseline's, paired by seed, with its interval and t-test p-value."""
   by_dataset: Dict[str, Dict[str, List[dict]]] = {}
   for record in records:
     by_dataset.setdefault(record['dataset'], {}).setdefault(record['backbone'], []).append(record)
@@ -401,7 +419,8 @@ def summarize(records: Sequence[dict]) -> dict:
           continue
         row = _method_row(backbone, name, group)
         if method.baseline in wauc_by_seed:
-          row['wauc_p_value'] = paired_p_value(wauc_by_seed[name], wauc_by_seed[method.baseline])
+          row['wauc_change'] = paired_change(wauc_by_seed[name], wauc_by_seed[method.baseline])
+          row['wauc_p_value'] = row['wauc_change']['p_value']
         rows.append(row)
     datasets[dataset] = {'domains': list(rows[0]['domains']), 'rows': rows}
   return {'datasets': datasets, 'cells': len(records),
@@ -413,9 +432,17 @@ def _number(value: Optional[float], spec: str = '.4f') -> str:
   return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _plus_minus(figure: Optional[dict], spec: str = '.4f') -> str:
+  """'mean ± 95% half-width' of a `mean_std` figure; the mean alone for one seed."""
+  if not figure:
+    return '-'
+  half_width = figure.get('half_width')
+  return _number(figure['mean'], spec) + ('' if half_width is None else f' ± {half_width:.4f}')
+
+
 def wauc_table(table: dict) -> List[str]:
   """The MLoRA paper's layout: a row per backbone, a column per method, cells WAUC (mean over seeds), with
-  each method's change against its baseline in parentheses."""
+  each method's paired change against its baseline in parentheses (± its 95% interval's half-width)."""
   methods = [name for name in METHODS if any(row['method'] == name for row in table['rows'])]
   by_cell = {(row['backbone'], row['method']): row for row in table['rows']}
   lines = ['| backbone | ' + ' | '.join(METHODS[m].label for m in methods) + ' |', '|' + '---|' * (len(methods) + 1)]
@@ -426,7 +453,7 @@ def wauc_table(table: dict) -> List[str]:
       if row is None:
         cells.append('-')
         continue
-      change = f' ({row["wauc"]["mean"] - base["wauc"]["mean"]:+.4f})' if base else ''
+      change = f' ({_plus_minus(row["wauc_change"], "+.4f")})' if base and row['wauc_change'] else ''
       cells.append(_number(row['wauc']['mean']) + change)
     lines.append(f'| {backbone} | ' + ' | '.join(cells) + ' |')
   return lines
@@ -436,21 +463,22 @@ def format_markdown(summary: dict) -> str:
   """results.md: per dataset, the WAUC table (`wauc_table`), then a table with a row per backbone x method."""
   sections = ['# Benchmark results',
               f'{summary["cells"]} cells, {summary["cells_wall_seconds"]:.0f} s of cell wall time. '
-              'Test split; mean over seeds (WAUC: mean ± sample std). Kept epoch: per seed, the epoch whose '
-              'weights the Trainer exported (best validation AUC; 0: the weights it started from). p: two-sided '
-              'paired t-test over seeds (scipy.stats.ttest_rel) of the method\'s WAUC against its baseline\'s.']
+              'Test split; mean over seeds, ± the half-width of the 95% t-interval over seeds. The change '
+              'against the baseline is paired by seed (its interval from the per-seed differences); p: '
+              'two-sided paired t-test over seeds (scipy.stats.ttest_rel) of the method\'s WAUC against its '
+              'baseline\'s. Kept epoch: per seed, the epoch whose weights the Trainer exported (best validation '
+              'AUC; 0: the weights it started from).']
   for dataset, table in summary['datasets'].items():
     domains = table['domains']
-    header = (['backbone', 'method', 'seeds', 'WAUC', 'AUC', 'GAUC', 'logloss']
+    header = (['backbone', 'method', 'seeds', 'WAUC', 'change vs base', 'AUC', 'GAUC', 'logloss']
               + [f'AUC {d}' for d in domains]
               + ['params', 'adapter params / domain', 'examples/s', 'kept epoch', 'cell wall s', 'p (WAUC vs base)'])
     lines = [f'## {dataset}', '', 'WAUC (change against base):', '', *wauc_table(table), '',
              '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for row in table['rows']:
-      wauc = row['wauc']
-      cells = [row['backbone'], row['label'], str(len(row['seeds'])),
-               f'{_number(wauc["mean"])} ± {_number(wauc["std"])}',
-               _number(row['auc']['mean']), _number(row.get('gauc', {}).get('mean')), _number(row['logloss']['mean'])]
+      cells = [row['backbone'], row['label'], str(len(row['seeds'])), _plus_minus(row['wauc']),
+               _plus_minus(row['wauc_change'], '+.4f'), _number(row['auc']['mean']),
+               _number(row.get('gauc', {}).get('mean')), _number(row['logloss']['mean'])]
       cells += [_number(row['domains'][d]['auc']['mean']) if d in row['domains'] else '-' for d in domains]
       cells += [f'{row["parameters"]:,}', f'{row["adapter_parameters_per_domain"]:,}',
                 f'{row["examples_per_second"]:,.0f}',
@@ -465,7 +493,7 @@ def format_markdown(summary: dict) -> str:
 # --- Plots ---------------------------------------------------------------------------------------------
 
 def _grouped_bars(path: str, groups: Sequence[str], series: Dict[str, tuple], ylabel: str, title: str) -> str:
-  """Bars of `series` {label: (means, stds)} side by side in each of `groups`, stds as error bars."""
+  """Bars of `series` {label: (means, error half-widths)} side by side in each of `groups`."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -501,8 +529,8 @@ def plot_summary(summary: dict, output_dir: str) -> List[str]:
     for backbone in backbones:
       rows = [row for row in table['rows'] if row['backbone'] == backbone]
       series = {row['label']: ([row['domains'][d]['auc']['mean'] for d in table['domains']],
-                               [row['domains'][d]['auc']['std'] for d in table['domains']]) for row in rows}
-      title = f'{dataset} {backbone}: per-domain AUC, mean ± std over seeds'
+                               [row['domains'][d]['auc']['half_width'] for d in table['domains']]) for row in rows}
+      title = f'{dataset} {backbone}: per-domain AUC, mean ± 95% interval over seeds'
       paths.append(_grouped_bars(os.path.join(output_dir, f'domain_auc_{name}_{backbone}.png'), table['domains'],
                                  series, 'AUC (test split)', title))
     series = {}
@@ -510,9 +538,9 @@ def plot_summary(summary: dict, output_dir: str) -> List[str]:
       rows = {row['backbone']: row['wauc'] for row in table['rows'] if row['label'] == method.label}
       if rows:
         series[method.label] = ([rows[b]['mean'] if b in rows else math.nan for b in backbones],
-                                [rows[b]['std'] if b in rows else None for b in backbones])
+                                [rows[b]['half_width'] if b in rows else None for b in backbones])
     paths.append(_grouped_bars(os.path.join(output_dir, f'wauc_{name}.png'), backbones, series,
-                               'WAUC (test split)', f'{dataset}: WAUC, mean ± std over seeds'))
+                               'WAUC (test split)', f'{dataset}: WAUC, mean ± 95% interval over seeds'))
   return paths
 
 
@@ -548,9 +576,16 @@ def run_grid(cells: Sequence[Cell], training: Training, output_dir: str,
   summary = summarize([finished[cell] for cell in cells if cell in finished])
   summary['training'] = dataclasses.asdict(training)
   summary['failed'] = failed
+  write_summary(summary, output_dir)
+  return summary
+
+
+def write_summary(summary: dict, output_dir: str) -> List[str]:
+  """Writes results.md, the plots and results.json (the summary, with `plots`) to `output_dir`; returns
+  the files written."""
   with open(os.path.join(output_dir, RESULTS_MD), 'w') as f:
     f.write(format_markdown(summary))
   summary['plots'] = plot_summary(summary, output_dir)
   with open(os.path.join(output_dir, RESULTS_JSON), 'w') as f:
     json.dump(summary, f, indent=2)
-  return summary
+  return [os.path.join(output_dir, name) for name in (RESULTS_MD, RESULTS_JSON)] + summary['plots']

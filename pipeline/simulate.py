@@ -31,6 +31,7 @@ from data.split import DEFAULT_RATIOS, SPLITS
 from models.features import FeatureSpec
 from pipeline import lineage
 from pipeline import report as report_lib
+from components.promotion_gate import OVERALL
 from models.model import PREDICTION
 from pipeline.config import SPAN_FOLDER, PipelineConfig
 import schemas
@@ -98,11 +99,11 @@ def write_span(frame: pd.DataFrame, data_root: str, day: int) -> str:
 
 
 def candidate_and_production(config: PipelineConfig) -> Dict[Optional[str], Dict[str, object]]:
-  """{domain, or None for all domains: {'candidate': AUC, 'production': AUC or None, 'change_ci': the 95%
+  """{domain, or OVERALL for all domains: {'candidate': AUC, 'production': AUC or None, 'change_ci': the 95%
   interval of the difference or None}} from the latest run's PromotionGate, which scores both on the same
   test examples; production is None where there is no production model yet."""
   task = report_lib.task_report(report_lib.latest_gate_evaluation(config)['tasks'][PREDICTION])
-  slices = {**task['domains'], None: task['overall']}
+  slices = {**task['domains'], OVERALL: task['overall']}
   return {domain: {'candidate': s['finetune'].get('auc'), 'production': s['production'].get('auc'),
                    'change_ci': (s['auc_change'] or {}).get('ci')}
           for domain, s in slices.items()}
@@ -121,13 +122,13 @@ def format_run(summary: dict) -> str:
     return '\n'.join(lines + [f'stopped by validation, production unchanged:\n{summary["stopped"]}'])
   header = f'{"domain":<16}{"AUC cand":>10}{"AUC prod":>10}{"delta":>9}  95% interval'
   lines += [header, '-' * len(header)]
-  for domain in summary['domains'] + [None]:
+  for domain in summary['domains'] + [OVERALL]:
     auc = summary['auc'].get(domain, {})
     candidate, production, interval = auc.get('candidate'), auc.get('production'), auc.get('change_ci')
     delta = None if candidate is None or production is None else candidate - production
     interval = f'[{interval[0]:+.4f}, {interval[1]:+.4f}]' if interval else '-'
-    lines.append(f'{domain or "all domains":<16}{_fmt(candidate):>10}{_fmt(production):>10}{_fmt(delta, "+.4f"):>9}'
-                 f'  {interval}')
+    name = 'all domains' if domain == OVERALL else domain
+    lines.append(f'{name:<16}{_fmt(candidate):>10}{_fmt(production):>10}{_fmt(delta, "+.4f"):>9}  {interval}')
   lines.append(f'blessed: {summary["blessed"]} ({summary["rule"]})  pushed: {summary["pushed"] or "no"}')
   return '\n'.join(lines)
 
@@ -137,7 +138,7 @@ def format_summary(summaries: List[dict]) -> str:
   header = f'{"span":>4}{"rows":>8}{"wall s":>8}{"warm":>6}{"AUC cand":>10}{"AUC prod":>10}{"blessed":>9}{"pushed":>8}'
   lines = [header, '-' * len(header)]
   for s in summaries:
-    overall = s['auc'].get(None, {})
+    overall = s['auc'].get(OVERALL, {})
     lines.append(f'{s["span"]:>4}{s["rows"]:>8}{s["wall_s"]:>8.0f}{"yes" if s["warm_start"] else "no":>6}'
                  f'{_fmt(overall.get("candidate")):>10}{_fmt(overall.get("production")):>10}'
                  f'{"stopped" if s["stopped"] else str(s["blessed"]):>9}{"yes" if s["pushed"] else "no":>8}')

@@ -42,9 +42,20 @@ def records():
   return [_record(cell, b, m) for cell, b, m in zip(cells, BASE_WAUC, MLORA_WAUC)]
 
 
-def test_mean_std_is_the_sample_std():
-  assert bench.mean_std([1.0, 2.0, 3.0]) == {'mean': 2.0, 'std': 1.0}
-  assert bench.mean_std([0.7]) == {'mean': 0.7, 'std': None}
+def test_mean_std_is_the_sample_std_with_the_95_percent_t_interval():
+  assert bench.mean_std([1.0, 2.0, 3.0]) == pytest.approx(
+      {'mean': 2.0, 'std': 1.0, 'half_width': 4.302653 / np.sqrt(3)})  # t(0.975, 2) = 4.3027
+  assert bench.mean_std([0.7]) == {'mean': 0.7, 'std': None, 'half_width': None}
+
+
+def test_paired_change_is_the_interval_of_the_per_seed_differences():
+  change = bench.paired_change(dict(enumerate(MLORA_WAUC)), dict(enumerate(BASE_WAUC)))
+  differences = np.subtract(MLORA_WAUC, BASE_WAUC)
+  assert change['mean'] == pytest.approx(differences.mean())
+  assert change['half_width'] == pytest.approx(4.302653 * differences.std(ddof=1) / np.sqrt(3))
+  assert change['p_value'] == pytest.approx(bench.paired_p_value(dict(enumerate(MLORA_WAUC)),
+                                                                 dict(enumerate(BASE_WAUC))))
+  assert bench.paired_change({0: 0.7}, {1: 0.6}) is None
 
 
 def test_paired_p_value_matches_the_t_distribution():
@@ -79,16 +90,16 @@ def test_markdown_table(records):
   text = bench.format_markdown(bench.summarize(records))
   lines = text.splitlines()
   header = next(line for line in lines if line.startswith('| backbone | method'))
-  assert header == ('| backbone | method | seeds | WAUC | AUC | GAUC | logloss | AUC M | AUC F | params | '
-                    'adapter params / domain | examples/s | kept epoch | cell wall s | p (WAUC vs base) |')
+  assert header == ('| backbone | method | seeds | WAUC | change vs base | AUC | GAUC | logloss | AUC M | AUC F | '
+                    'params | adapter params / domain | examples/s | kept epoch | cell wall s | p (WAUC vs base) |')
   assert '## movielens:gender' in lines
   wide = lines.index('| backbone | base | +MLoRA |')  # the paper's layout first: a column per method
-  assert lines[wide + 2] == '| mlp | 0.7133 | 0.7367 (+0.0233) |'
-  assert lines[lines.index(header) + 1] == '|' + '---|' * 15
-  assert ('| mlp | base | 3 | 0.7133 ± 0.0153 | 0.7233 | 0.6633 | 0.5000 | 0.7133 | 0.7133 | 5,000 | 0 | 1,000 '
-          '| 3,3,3 | 101 | - |') in lines
-  assert ('| mlp | +MLoRA | 3 | 0.7367 ± 0.0153 | 0.7467 | 0.6867 | 0.5000 | 0.7367 | 0.7367 | 5,080 | 40 | 1,000 '
-          '| 3,3,3 | 101 | 0.0198 |') in lines
+  assert lines[wide + 2] == '| mlp | 0.7133 | 0.7367 (+0.0233 ± 0.0143) |'  # the paired change, 95% interval
+  assert lines[lines.index(header) + 1] == '|' + '---|' * 16
+  assert ('| mlp | base | 3 | 0.7133 ± 0.0379 | - | 0.7233 | 0.6633 | 0.5000 | 0.7133 | 0.7133 | 5,000 | 0 | '
+          '1,000 | 3,3,3 | 101 | - |') in lines
+  assert ('| mlp | +MLoRA | 3 | 0.7367 ± 0.0379 | +0.0233 ± 0.0143 | 0.7467 | 0.6867 | 0.5000 | 0.7367 | 0.7367 | '
+          '5,080 | 40 | 1,000 | 3,3,3 | 101 | 0.0198 |') in lines
 
 
 def test_run_grid_resumes_after_the_cells_in_the_jsonl(tmp_path, records, capsys):

@@ -71,7 +71,7 @@ def test_tables_show_candidate_and_production():
              'blessed': True, 'rule': 'not_worse_overall', 'pushed': '/serving/ctr/2',
              'auc': {'a': {'candidate': 0.7, 'production': 0.65, 'change_ci': [0.01, 0.09]},
                      'b': {'candidate': 0.6, 'production': None, 'change_ci': None},
-                     None: {'candidate': 0.66, 'production': 0.64, 'change_ci': [-0.01, 0.05]}}}
+                     'overall': {'candidate': 0.66, 'production': 0.64, 'change_ci': [-0.01, 0.05]}}}
   table = simulate.format_run(summary)
   assert 'warm start: /m/9' in table and 'blessed: True (not_worse_overall)  pushed: /serving/ctr/2' in table
   row_a = next(line for line in table.splitlines() if line.startswith('a '))
