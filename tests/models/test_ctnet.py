@@ -9,33 +9,22 @@ import tf_keras
 from models import ctnet
 from models import model as model_lib
 from models import warm_start
-from models.features import DOMAIN_INDEX, FeatureSpec, transformed_name
+from models.features import DOMAIN_INDEX
 from models.layers.transfer import Affine, GatedLinearAdapter, IdLookup
+from tests.models import zoo
 
-SPEC = FeatureSpec(domain='domain', domains=['a', 'b', 'c'], label='click', vocab=['item'], hashed={'user': 50},
-                   numeric=['price'], multivalent={'tags': 3})
-VOCAB_SIZES = {'item': 20, 'user': 50, 'tags': 9}
+SPEC = zoo.SPEC
+VOCAB_SIZES = zoo.VOCAB_SIZES
 HIDDEN = (16, 8)
 
 
 def _features(n=64, seed=0):
-  rng = np.random.default_rng(seed)
-  return {
-      DOMAIN_INDEX: tf.constant(rng.integers(0, 4, n), tf.int64),
-      transformed_name('item'): tf.constant(rng.integers(0, 20, n), tf.int64),
-      transformed_name('user'): tf.constant(rng.integers(0, 50, n), tf.int64),
-      transformed_name('tags'): tf.constant(rng.integers(0, 9, (n, 3)), tf.int64),
-      transformed_name('price'): tf.constant(rng.normal(size=n), tf.float32),
-  }
-
-
-def _labels(n=64, seed=1):
-  return np.random.default_rng(seed).integers(0, 2, n)
+  return zoo.features(n, seed, num_domains=SPEC.num_domains + 1)  # Transform's unknown domain too
 
 
 def _fit(model, steps=3, seed=5, learning_rate=0.01):
-  model.compile(tf_keras.optimizers.Adam(learning_rate), 'binary_crossentropy')
-  model.fit(_features(seed=seed), _labels(seed=seed + 1), epochs=steps, verbose=0)
+  """`steps` epochs of 2 batches, eagerly."""
+  zoo.fit(model, _features(seed=seed), zoo.coin_flips(seed=seed + 1), epochs=steps, learning_rate=learning_rate)
 
 
 def _source_model(seed=0):
@@ -110,22 +99,36 @@ def test_zero_adapters_give_the_target_towers_output(source):
   np.testing.assert_array_equal(model(features).numpy(), target(features).numpy())
 
 
-def test_training_keeps_the_source_tower_bit_identical_and_moves_the_rest(source):
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+  model: tf_keras.Model
+  source_before: dict  # the source model's weights by name
+  adapters_before: dict  # each adapter's weights
+  dense_before: list  # dense_0's weights
+
+
+@pytest.fixture(scope='module')
+def trained(source):
+  """A CTNet model on `source` trained 5 epochs, and what it was before. Shared: never train or change it."""
   model = _ctnet(source)
+  before = _Trained(model, {w.name: w.numpy() for w in source.weights},
+                    {a.name: _weights(a) for a in ctnet.adapter_layers(model)}, _weights(model.get_layer('dense_0')))
+  _fit(model, steps=5)
+  return before
+
+
+def test_training_keeps_the_source_tower_bit_identical_and_moves_the_rest(source, trained):
+  model = trained.model
   tower = ctnet.find_source_tower(model)
   assert tower.trainable is False and not tower.trainable_weights
   assert not {id(w) for w in tower.weights} & {id(w) for w in model.trainable_weights}
-  source_before = {w.name: w.numpy() for w in source.weights}
-  adapters_before = {a.name: _weights(a) for a in ctnet.adapter_layers(model)}
-  dense_before = _weights(model.get_layer('dense_0'))
-  _fit(model, steps=5)
   assert len(tower.weights) == len(source.weights) - len(source.get_layer('logit').weights)  # up to dense_1
   for weight in tower.weights:
-    np.testing.assert_array_equal(weight.numpy(), source_before[weight.name])
+    np.testing.assert_array_equal(weight.numpy(), trained.source_before[weight.name])
   for adapter in ctnet.adapter_layers(model):
-    assert not np.array_equal(adapter.value_kernel.numpy(), adapters_before[adapter.name][0])
-    assert not np.array_equal(adapter.gate_kernel.numpy(), adapters_before[adapter.name][2])  # once W1 moved
-  assert not np.array_equal(model.get_layer('dense_0').kernel.numpy(), dense_before[0])
+    assert not np.array_equal(adapter.value_kernel.numpy(), trained.adapters_before[adapter.name][0])
+    assert not np.array_equal(adapter.gate_kernel.numpy(), trained.adapters_before[adapter.name][2])  # once W1 moved
+  assert not np.array_equal(model.get_layer('dense_0').kernel.numpy(), trained.dense_before[0])
 
 
 def test_source_changes_the_prediction_once_adapters_learned():
@@ -138,21 +141,17 @@ def test_source_changes_the_prediction_once_adapters_learned():
   assert not np.allclose(model(features).numpy(), before)
 
 
-def test_keras_file_round_trip_keeps_the_tower_frozen(source, tmp_path):
-  model = _ctnet(source)
-  _fit(model)
-  path = str(tmp_path / 'model.keras')
-  model.save(path)
-  reloaded = tf_keras.models.load_model(path)
+def test_keras_file_round_trip_keeps_the_tower_frozen(trained, tmp_path):
+  model = trained.model
+  reloaded = zoo.round_trip(model, tmp_path)
   features = _features(seed=9)
   np.testing.assert_allclose(reloaded(features).numpy(), model(features).numpy(), rtol=1e-6)
   tower = ctnet.find_source_tower(reloaded)
   assert tower is not None and not tower.trainable_weights
 
 
-def test_finetune_stage_keeps_tower_and_adapters_frozen_and_starts_equal(source):
-  pretrained = _ctnet(source)
-  _fit(pretrained)
+def test_finetune_stage_keeps_tower_and_adapters_frozen_and_starts_equal(trained):
+  pretrained = trained.model
   model = ctnet.build_ctnet_model(SPEC, VOCAB_SIZES, HIDDEN, embedding_dim=4, adaptation='mlora',
                                   freeze_backbone=True, options={'alpha': 4},
                                   tower=ctnet.find_source_tower(pretrained))
@@ -164,9 +163,8 @@ def test_finetune_stage_keeps_tower_and_adapters_frozen_and_starts_equal(source)
   assert {w.name for w in model.trainable_weights} == embeddings | lora
 
 
-def test_warm_start_takes_target_and_adapters_from_production_and_the_tower_from_the_newest_source(source, tmp_path):
-  production = _ctnet(source)  # trained with the previous source model
-  _fit(production)
+def test_warm_start_takes_target_and_adapters_from_production_and_the_tower_from_the_newest_source(trained, tmp_path):
+  production = trained.model  # trained with the previous source model
   newest = _source_model(seed=3)
   model = _ctnet(newest)
   (tmp_path / 'assets').mkdir()

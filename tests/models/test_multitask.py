@@ -1,6 +1,4 @@
 """Multi-task training: masked losses, loss balancing, PCGrad."""
-import dataclasses
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,18 +7,15 @@ import tf_keras
 from models import model as model_lib
 from models import multitask
 from models.heads import Target
-from tests.models.test_model import SPEC, VOCAB_SIZES, _features
-
-MT_SPEC = dataclasses.replace(SPEC, extra_labels=['conversion'])
+from tests.models import zoo
 
 
 @pytest.mark.parametrize('head', ['ple', 'mmoe', 'shared_bottom'])
 def test_cvr_loss_ignores_samples_without_a_click(head):
-  model = model_lib.build_model(MT_SPEC, VOCAB_SIZES, (8,), embedding_dim=4, head=head)
-  rng = np.random.default_rng(0)
-  click = rng.integers(0, 2, 64)
-  conversion = click * rng.integers(0, 2, 64)
-  predictions = model(_features(), training=False)
+  model = model_lib.build_model(zoo.MULTITASK_SPEC, zoo.VOCAB_SIZES, (8,), embedding_dim=4, head=head)
+  labels = zoo.multitask_labels(seed=0)
+  click, conversion = labels['click'], labels['conversion']
+  predictions = model(zoo.features(), training=False)
   losses = lambda conv: model.task_losses({'click': click, 'conversion': conv}, predictions).numpy()  # noqa: E731
   flipped_unclicked = np.where(click == 1, conversion, 1 - conversion)
   np.testing.assert_array_equal(losses(flipped_unclicked), losses(conversion))

@@ -2,23 +2,19 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
 from models import model as model_lib
 from models import onboarding
 from models.features import DOMAIN_INDEX
-from tests.models.test_model import _features
+from tests.models import zoo
 from tests.models.test_warm_start import NEW_SPEC, OLD_SPEC, OLD_VOCABULARIES, _TransformOutput, _sizes
-
-HIDDEN = (16, 8)
 
 
 @pytest.fixture(scope='module')
 def production(tmp_path_factory):
   """A production MLoRA model on the three old domains, its adapters trained (non-zero), and its folder."""
-  tf_keras.utils.set_random_seed(0)
-  model = model_lib.build_model(OLD_SPEC, _sizes(OLD_VOCABULARIES), HIDDEN, embedding_dim=4, adaptation='mlora',
-                                freeze_backbone=True, options={'alpha': 4})
+  model = zoo.build(adaptation='mlora', freeze_backbone=True, spec=OLD_SPEC, vocab_sizes=_sizes(OLD_VOCABULARIES),
+                    options={'alpha': 4})
   rng = np.random.default_rng(1)
   for weight in model_lib.adaptation_weights(model):
     weight.assign(rng.normal(size=weight.shape) * 0.3)
@@ -32,22 +28,22 @@ def production(tmp_path_factory):
 def _onboard(production, new_domains=('d',)):
   model, serving_dir = production
   return onboarding.onboarding_model(NEW_SPEC, _sizes(OLD_VOCABULARIES), new_domains, model,
-                                     _TransformOutput(OLD_VOCABULARIES), serving_dir, HIDDEN, 4, 'mlp', {'alpha': 4})
+                                     _TransformOutput(OLD_VOCABULARIES), serving_dir, zoo.HIDDEN,
+                                     zoo.EMBEDDING_DIM, 'mlp', {'alpha': 4})
 
 
 def test_only_the_new_domains_adapter_trains(production):
   old_model, _ = production
   model = _onboard(production)
-  features = _features(n=256, num_domains=NEW_SPEC.num_domains)
+  features = zoo.features(n=256, num_domains=NEW_SPEC.num_domains)
   old_domains = features[DOMAIN_INDEX].numpy() < 3
-  before = model.predict(features, verbose=0)
+  before = model(features).numpy()
   old_features = {k: tf.boolean_mask(v, old_domains) for k, v in features.items()}
-  np.testing.assert_allclose(before[old_domains], old_model.predict(old_features, verbose=0), rtol=1e-6)
+  np.testing.assert_allclose(before[old_domains], old_model(old_features).numpy(), rtol=1e-6)
 
-  model.compile(tf_keras.optimizers.Adam(0.05), 'binary_crossentropy')
-  model.fit(features, np.random.default_rng(2).integers(0, 2, 256), batch_size=64, epochs=2, verbose=0)
+  zoo.fit(model, features, zoo.coin_flips(256, seed=2), epochs=2, batch_size=64)
 
-  after = model.predict(features, verbose=0)
+  after = model(features).numpy()
   np.testing.assert_array_equal(after[old_domains], before[old_domains])  # old domains: bit-identical scores
   assert not np.allclose(after[~old_domains], before[~old_domains])
   old_layers = {layer.name: layer for layer in old_model.layers}
@@ -74,6 +70,6 @@ def test_wrong_domains_are_refused(production):
 
 
 def test_a_production_model_without_adapters_is_refused(production):
-  backbone = model_lib.build_model(OLD_SPEC, _sizes(OLD_VOCABULARIES), HIDDEN, embedding_dim=4)
+  backbone = zoo.build(spec=OLD_SPEC, vocab_sizes=_sizes(OLD_VOCABULARIES))
   with pytest.raises(ValueError, match='needs an MLoRA production model'):
     _onboard((backbone, production[1]))

@@ -3,15 +3,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-import tf_keras
 
 from models import model as model_lib
 from models import warm_start
-from models.backbones import BACKBONES
-from models.features import FeatureSpec
+from tests.models import zoo
 
-OLD_SPEC = FeatureSpec(domain='domain', domains=['a', 'b', 'c'], label='click', vocab=['item'], hashed={'user': 50},
-                       numeric=['price'], multivalent={'tags': 3})
+OLD_SPEC = zoo.SPEC
 NEW_SPEC = dataclasses.replace(OLD_SPEC, domains=['a', 'b', 'c', 'd'])  # a domain onboarded
 OLD_VOCABULARIES = {'item': [f'i{k}'.encode() for k in range(19)], 'tags': [f't{k}'.encode() for k in range(7)]}
 # The next span: item frequencies changed the order, i18 is gone and i99 is new; tags lost t6.
@@ -30,19 +27,21 @@ class _TransformOutput:
     return self.vocabularies[name]
 
 
-@pytest.fixture(params=sorted(BACKBONES))
-def warm_started(request, tmp_path):
-  """(production MLoRA model on OLD_SPEC, next span's backbone after warm_start)."""
-  tf_keras.utils.set_random_seed(0)
-  base = model_lib.build_model(OLD_SPEC, _sizes(OLD_VOCABULARIES), (16, 8), embedding_dim=4, adaptation='mlora',
-                               freeze_backbone=True, options={'alpha': 4}, backbone=request.param)
-  assets = tmp_path / 'Format-Serving' / 'assets'
+@pytest.fixture(scope='module', params=zoo.BACKBONE_NAMES)
+def warm_started(request, tmp_path_factory):
+  """(production MLoRA model on OLD_SPEC, next span's backbone after warm_start, its weights before).
+
+  The production model is the session's fine-tuned MLoRA model (its adapters trained), read only."""
+  assert _sizes(OLD_VOCABULARIES) == zoo.VOCAB_SIZES  # the production model's tables
+  base = zoo.fine_tuned(request.param, 'mlora').model
+  serving_dir = tmp_path_factory.mktemp('production') / 'Format-Serving'
+  assets = serving_dir / 'assets'
   assets.mkdir(parents=True)
   for column, tokens in OLD_VOCABULARIES.items():
     (assets / column).write_bytes(b''.join(t + b'\n' for t in tokens))
-  model = model_lib.build_model(NEW_SPEC, _sizes(NEW_VOCABULARIES), (16, 8), embedding_dim=4, backbone=request.param)
+  model = zoo.build(request.param, spec=NEW_SPEC, vocab_sizes=_sizes(NEW_VOCABULARIES))
   fresh = {w.name: w.numpy() for w in model.weights}
-  warm_start.warm_start(model, base, NEW_SPEC, _TransformOutput(NEW_VOCABULARIES), str(tmp_path / 'Format-Serving'))
+  warm_start.warm_start(model, base, NEW_SPEC, _TransformOutput(NEW_VOCABULARIES), str(serving_dir))
   return base, model, fresh
 
 

@@ -123,8 +123,9 @@ def test_a_model_worse_than_production_is_not_blessed_nor_pushed(shared_run, tmp
   degraded = _degraded_copy(production, transform, shared_run.spec, str(tmp_path / 'degraded'))
   outcome = _gate_and_push(shared_run, degraded, str(tmp_path / 'worse'))
   assert not outcome['blessed'] and outcome['pushed_versions'] == []
-  # The first failing check of the rule: the one domain with enough test data to decide is much worse.
-  assert outcome['tasks']['ctr']['decision']['rule'] == 'domain_auc_worse'
+  # Blocked for its ranking: the deciding domain or the overall WAUC (which one fails first depends on how far
+  # the degraded copy falls within the Bonferroni-corrected interval of the one deciding domain).
+  assert outcome['tasks']['ctr']['decision']['rule'] in ('domain_auc_worse', 'wauc_worse')
   # The control: the same gate passes the production model itself (no AUC drop) and the Pusher pushes it.
   outcome = _gate_and_push(shared_run, production, str(tmp_path / 'same'))
   assert outcome['blessed'] and len(outcome['pushed_versions']) == 1

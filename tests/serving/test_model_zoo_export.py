@@ -1,5 +1,7 @@
-"""Every backbone x domain adaptation exports as the Trainer exports it (`serving_signatures`: tf.Example in,
-the session run's Transform graph inside), reloads as a SavedModel and serves what the Keras model computes."""
+"""Every backbone x domain adaptation exports as the Trainer exports it (`export_serving_model`: tf.Example in,
+the session run's Transform graph inside), reloads as a SavedModel and serves what the Keras model computes.
+The fast suite exports a covering set (every backbone once, every adaptation at least once, mlp + mlora among
+them); the other pairs are marked `slow`."""
 import glob
 import os
 
@@ -7,19 +9,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
-import tf_keras
 
 from data import synthetic
 from models import model as model_lib
-from models.adaptation import ADAPTATIONS
-from models.backbones import BACKBONES
 from models.preprocessing import vocabulary_sizes
 from models.trainer import export_serving_model
 from serving import signatures
+from tests.models import zoo
 from tests.serving.helpers import raw_column_types, read_rows, serialized
 
 pytestmark = pytest.mark.e2e
 SPEC = synthetic.FEATURE_SPEC  # the session run's default data
+ALL_PAIRS = [(b, a) for b in zoo.BACKBONE_NAMES for a in zoo.ADAPTATION_NAMES]
+FAST_PAIRS = zoo.covering_pairs(zoo.BACKBONE_NAMES, zoo.ADAPTATION_NAMES, anchor=('mlp', 'mlora'))
 
 
 @pytest.fixture(scope='module')
@@ -33,12 +35,10 @@ def examples(pushed, saved_model):
   return tf.constant(serialized(read_rows(pushed.data_csv, 64), raw_column_types(saved_model)))
 
 
-@pytest.mark.parametrize('adaptation', sorted(ADAPTATIONS))
-@pytest.mark.parametrize('backbone', sorted(BACKBONES))
+@pytest.mark.parametrize('backbone,adaptation', zoo.matrix(ALL_PAIRS, FAST_PAIRS))
 def test_saved_model_serves_the_keras_models_scores(backbone, adaptation, transform_output, examples, tmp_path):
-  tf_keras.utils.set_random_seed(0)
-  model = model_lib.build_model(SPEC, vocabulary_sizes(SPEC, transform_output), (16, 8), embedding_dim=4,
-                                backbone=backbone, adaptation=adaptation, options={'alpha': 4})
+  model = zoo.build(backbone, adaptation, spec=SPEC, vocab_sizes=vocabulary_sizes(SPEC, transform_output),
+                    options={'alpha': 4})
   for weight in model.trainable_weights:  # adapters and gates away from their identity start: they must count
     weight.assign_add(tf.random.normal(weight.shape, stddev=0.1, seed=1))
   path = str(tmp_path / 'model')
