@@ -13,6 +13,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import shlex  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -210,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                   'domain\'s click rate falling day after day and a new domain appearing on day K (appended to '
                   'features.json and the schema, its adapter onboarded), and run the pipeline on each: it ingests '
                   'the newest span, warm-starts the backbone from the production model and evaluates against it. '
-                  'Prints a table per run (per-domain AUC of candidate and production, blessed, pushed).')
+                  'Prints a table per run (per-domain AUC of candidate and production, blessed, pushed). '
+                  'Unless given, the training steps scale with --rows-per-span: a day gets as many passes over '
+                  'its training split as the defaults give the default data.')
   simulate.add_argument('--output-dir', required=True, help='as for run; the spans go to OUTPUT_DIR/data/')
   simulate.add_argument('--spans', type=_positive(int), default=5, help='days to simulate (default 5)')
   simulate.add_argument('--rows-per-span', type=_positive(int), default=20000, help='rows a day (default 20000)')
@@ -445,6 +448,8 @@ def simulate_spans(args) -> int:
 
   start = time.time()
   output_dir = os.path.abspath(args.output_dir)
+  args = argparse.Namespace(**{**vars(args), **simulate.training_steps(args.rows_per_span, args.pretrain_steps,
+                                                                        args.finetune_steps)})
   drift = simulate.Drift(drift_domain=args.drift_domain, click_drop=args.click_drop,
                          new_domain_day=args.new_domain_day)
   summaries = simulate.simulate(
@@ -452,7 +457,10 @@ def simulate_spans(args) -> int:
       make_config=lambda data_path: config_from_args(argparse.Namespace(**{**vars(args), 'data_path': data_path})),
       run_pipeline=run_pipeline, drift=drift, seed=args.seed, show=lambda text: print('\n' + text, flush=True))
   print('\n' + simulate.format_summary(summaries))
-  print(f'\ntotal wall time: {time.time() - start:.0f} s')
+  results = os.path.join(output_dir, simulate.RESULTS_FILE)
+  with open(results, 'w') as f:  # what `tfx_runner.py docs` publishes (copied to docs/results/)
+    json.dump({'command': args.command_line, 'summaries': summaries}, f, indent=1)
+  print(f'\ntotal wall time: {time.time() - start:.0f} s; summaries in {results}')
   return 0
 
 
@@ -520,6 +528,8 @@ def run_pipeline(config) -> dict:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  args.command_line = ' '.join(['python tfx_runner.py'] + [shlex.quote(a) for a in
+                                                            (sys.argv[1:] if argv is None else argv)])
   sys.path.insert(0, REPO_ROOT)  # the module files are imported by path (models.trainer.run_fn, ...)
   if args.command == 'prepare':
     return prepare_data(args)

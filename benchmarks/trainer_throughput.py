@@ -4,7 +4,11 @@ Reads the transformed training examples of a finished pipeline run, trains the b
 Trainer's own `input_fn` (TFXIO over Transform's output) and then through batches already held in memory,
 and prints examples/second for each and their ratio.
 
-    .venv/bin/python benchmarks/trainer_throughput.py --output-dir outputs/local [--batch-size 1024]
+    .venv/bin/python benchmarks/trainer_throughput.py --output-dir outputs/local [--batch-size 1024] \
+        [--op-determinism]
+
+With `--op-determinism` every figure is taken with TensorFlow's deterministic kernels, as the Trainer runs
+(`models/trainer.py`): run it with and without to see what determinism costs.
 """
 import argparse
 import os
@@ -51,7 +55,10 @@ def main():
   parser.add_argument('--output-dir', required=True, help='output folder of a `tfx_runner.py run`')
   parser.add_argument('--batch-size', type=int, default=1024)
   parser.add_argument('--steps', type=int, default=100, help='steps per measured epoch')
+  parser.add_argument('--op-determinism', action='store_true', help='deterministic kernels, as the Trainer runs')
   args = parser.parse_args()
+  if args.op_determinism:
+    tf.config.experimental.enable_op_determinism()
 
   root = os.path.join(args.output_dir, 'pipeline_root', 'Transform')
   tf_transform_output = tft.TFTransformOutput(_latest(os.path.join(root, 'transform_graph')))
@@ -69,7 +76,8 @@ def main():
             ('Trainer input_fn streaming (TFXIO, gzip TFRecords)', streamed),
             ('plain Keras, fixed batches in memory', in_memory)]
   rows = [(name, measure(dataset, tf_transform_output, args.batch_size, args.steps)) for name, dataset in inputs]
-  print(f'\nbatch {args.batch_size}, {args.steps} steps per epoch, {os.cpu_count()} CPUs')
+  print(f'\nbatch {args.batch_size}, {args.steps} steps per epoch, {os.cpu_count()} CPUs, '
+        f'op determinism {"on" if args.op_determinism else "off"}')
   print(f'{"input":<52}{"examples/s":>12}{"of plain Keras":>16}')
   for name, rate in rows:
     print(f'{name:<52}{rate:>12.0f}{rate / rows[-1][1]:>16.0%}')

@@ -271,6 +271,8 @@ def _setup(fn_args):
   assert tf_keras.__version__.startswith('2.'), f'Keras 2 (tf_keras) required, got {tf_keras.__version__}'
   config = fn_args.custom_config
   tf_keras.utils.set_random_seed(config['seed'])
+  # Same seed, same weights: the CPU kernels' deterministic paths cost little (benchmarks/trainer_throughput.py).
+  tf.config.experimental.enable_op_determinism()
   spec = FeatureSpec.from_dict(config['feature_spec'])
   if config.get('head'):  # DWA re-weighs the tasks once per epoch; PCGrad's task order follows the seed
     options = {'dwa_period': epoch_plan(fn_args.train_steps)[1], 'seed': config['seed']}

@@ -77,6 +77,18 @@ def day_spec(day: int, drift: Drift) -> FeatureSpec:
   return dataclasses.replace(spec, domains=list(spec.domains) + [drift.new_domain])
 
 
+RESULTS_FILE = 'simulate.json'  # the run's summaries, in its output folder
+
+
+def training_steps(rows_per_span: int, pretrain_steps: Optional[int], finetune_steps: Optional[int]) -> dict:
+  """The steps of each day's Trainers: those given, else PipelineConfig's scaled by the span's size against the
+  default data's, so that a day gets as many passes over its training split (a 20000-row day trained for the
+  200000-row default's 1600 steps would see its rows 130 times and overfit)."""
+  scale = rows_per_span / synthetic.DEFAULT_ROWS
+  return {'pretrain_steps': pretrain_steps or max(1, round(PipelineConfig.pretrain_steps * scale)),
+          'finetune_steps': finetune_steps or max(1, round(PipelineConfig.finetune_steps * scale))}
+
+
 def write_contract(data_root: str, spec: FeatureSpec) -> None:
   """`features.json`, and the curated schema with `spec`'s domain list, at the data root."""
   os.makedirs(data_root, exist_ok=True)
@@ -134,14 +146,22 @@ def format_run(summary: dict) -> str:
 
 
 def format_summary(summaries: List[dict]) -> str:
-  """One line per run: span, size, wall time, warm start, overall AUC of candidate and production, verdict."""
-  header = f'{"span":>4}{"rows":>8}{"wall s":>8}{"warm":>6}{"AUC cand":>10}{"AUC prod":>10}{"blessed":>9}{"pushed":>8}'
+  """One line per run: span, size, wall time, warm start, overall test AUC of candidate and production and
+  the 95% interval of their difference, the verdict and the rule that decided it; then the promotion count."""
+  header = (f'{"span":>4}{"rows":>8}{"wall s":>8}{"warm":>6}{"AUC cand":>10}{"AUC prod":>10}  {"95% interval":<20}'
+            f'{"blessed":>8}{"pushed":>8}  rule')
   lines = [header, '-' * len(header)]
   for s in summaries:
     overall = s['auc'].get(OVERALL, {})
+    interval = overall.get('change_ci')
+    interval = f'[{interval[0]:+.4f}, {interval[1]:+.4f}]' if interval else '-'
     lines.append(f'{s["span"]:>4}{s["rows"]:>8}{s["wall_s"]:>8.0f}{"yes" if s["warm_start"] else "no":>6}'
-                 f'{_fmt(overall.get("candidate")):>10}{_fmt(overall.get("production")):>10}'
-                 f'{"stopped" if s["stopped"] else str(s["blessed"]):>9}{"yes" if s["pushed"] else "no":>8}')
+                 f'{_fmt(overall.get("candidate")):>10}{_fmt(overall.get("production")):>10}  {interval:<20}'
+                 f'{"stopped" if s["stopped"] else str(s["blessed"]):>8}{"yes" if s["pushed"] else "no":>8}'
+                 f'  {s["rule"] or "-"}')
+  later = summaries[1:]
+  lines.append(f'promoted on {sum(bool(s["pushed"]) for s in later)} of {len(later)} days after the first '
+               f'(test split of each span; interval: candidate minus production AUC)')
   return '\n'.join(lines)
 
 

@@ -13,14 +13,16 @@ import tensorflow_data_validation as tfdv
 import tensorflow_transform as tft
 import tf_keras
 from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
 
 from components import anomalies_gate
 from components.promotion_gate import PromotionGate, read_evaluation
 from data import synthetic
+from models import trainer
 from models.trainer import export_serving_model, keras_model_path
 from pipeline import lineage
 from pipeline.config import LOCAL_BEAM_ARGS
-from pipeline.pipeline import promotion_settings
+from pipeline.pipeline import promotion_settings, trainer_id
 import schemas
 from tests import runs
 
@@ -52,6 +54,35 @@ def test_report_has_metrics_for_every_domain(shared_run):
   assert report['production'] is None and report['gate_rule'] == 'first_run'  # nothing to compare with yet
   assert any(reason.startswith('overall: AUC') for reason in report['gate_reasons'])
   assert os.path.getsize(os.path.join(shared_run.output_dir, 'domain_auc.png')) > 1000
+
+
+class _TFXIOAccessor:
+  """The piece of TFX's DataAccessor that the Trainer's `input_fn` reads with."""
+
+  @staticmethod
+  def tf_dataset_factory(file_pattern, options, schema):
+    return tfxio.TFExampleRecord(file_pattern, schema=schema).TensorFlowDataset(options)
+
+
+def test_a_trainer_run_again_with_its_seed_exports_bit_identical_weights(shared_run, tmp_path):
+  """Seeds and TensorFlow's deterministic kernels (`models/trainer.py`): the shared run's pretrain stage, run
+  again on the same transformed examples with the same settings, ends with the same weights."""
+  config = shared_run.config()
+  [examples] = lineage.latest_artifacts(config, trainer_id('pretrain'), 'examples')
+  [transform] = lineage.latest_artifacts(config, trainer_id('pretrain'), 'transform_graph')
+  [model] = lineage.latest_artifacts(config, trainer_id('pretrain'), 'model', lineage.OUTPUT)
+  serving_dir = str(tmp_path / 'Format-Serving')
+  trainer.pretrain_run_fn(tfx.components.FnArgs(
+      train_files=[os.path.join(examples.uri, 'Split-train', '*')],
+      eval_files=[os.path.join(examples.uri, 'Split-eval', '*')], train_steps=config.pretrain_steps,
+      eval_steps=config.eval_steps, transform_output=transform.uri, transform_graph_path=transform.uri,
+      data_accessor=_TFXIOAccessor, serving_model_dir=serving_dir, model_run_dir=str(tmp_path / 'logs'),
+      custom_config=config.trainer_config('pretrain')))
+  original = tf_keras.models.load_model(keras_model_path(os.path.join(model.uri, 'Format-Serving')))
+  again = tf_keras.models.load_model(keras_model_path(serving_dir))
+  assert [w.name for w in again.weights] == [w.name for w in original.weights]
+  for weight, expected in zip(again.weights, original.weights):
+    np.testing.assert_array_equal(weight.numpy(), expected.numpy(), err_msg=weight.name)
 
 
 def test_pushed_model_answers_serialized_examples(shared_run):

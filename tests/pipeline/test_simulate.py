@@ -1,5 +1,8 @@
 """The simulated days: one world, a falling click rate, a new domain with its contract update, the tables,
 and the `simulate` command (the session's shared run is its first day, tests/runs.py)."""
+import json
+import os
+
 import pandas as pd
 import pytest
 
@@ -81,8 +84,10 @@ def test_tables_show_candidate_and_production():
                  pushed=None)
   assert 'stopped by validation' in simulate.format_run(stopped)
   lines = simulate.format_summary([summary, stopped]).splitlines()
-  assert lines[2].split() == ['2', '100', '61', 'yes', '0.6600', '0.6400', 'True', 'yes']
-  assert lines[3].split()[-2:] == ['stopped', 'no']
+  assert lines[2].split() == ['2', '100', '61', 'yes', '0.6600', '0.6400', '[-0.0100,', '+0.0500]', 'True', 'yes',
+                              'not_worse_overall']
+  assert lines[3].split()[-3:] == ['stopped', 'no', '-']
+  assert lines[4].startswith('promoted on 0 of 1 days after the first')
 
 
 @pytest.mark.e2e
@@ -95,6 +100,17 @@ def test_simulate_command_runs_each_day_and_prints_its_table(shared_run):
         synthetic.FEATURE_SPEC.domains.index(domain)]['auc_finetune'], abs=5e-5) and rows[domain][1:] == ['-'] * 3
   assert f'blessed: True (first_run)  pushed: {shared_run.report["pushed_model"]}' in printed
   summary = next(line for line in printed.splitlines() if line.split()[:2] == ['1', str(runs.SHARED_ROWS)])
-  assert summary.split()[3:] == ['no', f'{shared_run.report["auc_finetune"]:.4f}', '-', 'True', 'yes']
+  assert summary.split()[3:] == ['no', f'{shared_run.report["auc_finetune"]:.4f}', '-', '-', 'True', 'yes',
+                                 'first_run']
   assert 'total wall time' in printed
+  with open(os.path.join(shared_run.output_dir, simulate.RESULTS_FILE)) as f:
+    results = json.load(f)
+  assert results['command'].startswith('python tfx_runner.py simulate --spans 1')
+  assert [s['span'] for s in results['summaries']] == [1] and results['summaries'][0]['blessed']
   assert span_numbers(shared_run.data_root) == [1]
+
+
+def test_days_train_as_many_passes_as_the_default_data_unless_told():
+  assert simulate.training_steps(20000, None, None) == {'pretrain_steps': 160, 'finetune_steps': 30}
+  assert simulate.training_steps(20000, 7, None) == {'pretrain_steps': 7, 'finetune_steps': 30}
+  assert simulate.training_steps(10, None, None) == {'pretrain_steps': 1, 'finetune_steps': 1}
