@@ -34,13 +34,15 @@ and layer sizes, the Trainer's `input_fn`, Adam, the best validation-AUC epoch o
 equivalent and a worse pair.
 
     .venv/bin/python benchmarks/gate_quality.py --output-dir outputs/gate-quality \
-        --results docs/results/gate_quality.json
+        --results docs/results/gate_quality.json [--what-if logloss_tolerance=0.01 ...]
 
 Prints a progress line per model and pair; appends one JSON line per judged pair to OUTPUT_DIR/pairs.jsonl
 and keeps every model's predictions in OUTPUT_DIR/predictions, so an interrupted run resumes where it
 stopped; then prints the table (`format_markdown`) and writes the results (settings, wall time, every pair's
 truth and decision; no predictions) to OUTPUT_DIR/gate_quality.json and to `--results`, the file that
-`tfx_runner.py docs` renders into README.md's `gate gate_quality` block.
+`tfx_runner.py docs` renders into README.md's `gate gate_quality` block. `--what-if KEY=VALUE` also decides
+every pair with other GateRules tolerances or floors on the same evaluations (a second table; the gate's own
+rules do not change).
 """
 import argparse
 import dataclasses
@@ -562,22 +564,45 @@ def _estimate(estimate) -> List[float]:
 
 # --- The table ------------------------------------------------------------------------------------------
 
-def summarize(rows: Sequence[dict]) -> List[dict]:
+def block_is_true(row: dict, rules: dict) -> Optional[bool]:
+  """Whether the truth confirms a check that blocked the pair (None when none blocked): the blocking slice's
+  true change lies beyond the gate's threshold (a domain's AUC below -auc_tolerance, a log loss above
+  logloss_tolerance, the WAUC below 0)."""
+  if not row['blocks']:
+    return None
+  truths = []
+  for reason in row['blocks']:  # "NAME: FIGURE ... is significantly ..." (components/promotion_gate.py)
+    name, text = reason.split(': ', 1)
+    figure = 'logloss' if text.startswith('log loss') else 'auc'
+    if name == 'overall':
+      truths.append(row['true_dlogloss'] > rules['logloss_tolerance'] if figure == 'logloss'
+                    else row['true_dwauc'] < 0)
+    elif figure == 'logloss':
+      truths.append(row['true_domains'][name]['logloss'] > rules['logloss_tolerance'])
+    else:
+      truths.append(row['true_domains'][name]['auc'] < -rules['auc_tolerance'])
+  return any(truths)
+
+
+def summarize(rows: Sequence[dict], rules: dict) -> List[dict]:
   """Table lines: per kind (worse: per corrupted domain, then all), the confirmed pairs, how many were
-  promoted and the rules that decided; unconfirmed pairs on lines of their own."""
+  promoted, blocked and blocked by a check the truth confirms (`block_is_true` under the gate's `rules`), and
+  the rules that decided; unconfirmed pairs on lines of their own."""
   def line(label, group):
-    rules = {}
+    deciding = {}
     for r in group:
-      rules[r['rule']] = rules.get(r['rule'], 0) + 1
+      deciding[r['rule']] = deciding.get(r['rule'], 0) + 1
     promoted = sum(r['promoted'] for r in group)
     # The truth the kind rests on: the corrupted domain's AUC for a worse pair, else the WAUC.
     changes = [r['true_domain_dauc'] if r['kind'] == 'worse' else r['true_dwauc'] for r in group]
     test_examples = {r['domain']: r['domain_test_examples'] for r in group if r['domain']}
+    blocks = [block_is_true(r, rules) for r in group]
     return {'kind': label, 'pairs': len(group), 'promoted': promoted, 'rate': promoted / len(group),
+            'blocked': sum(b is not None for b in blocks), 'truly_blocked': sum(b is True for b in blocks),
             'test_examples': dict(sorted(test_examples.items(), key=lambda item: DOMAINS.index(item[0]))),
             'true_figure': 'domain AUC' if group[0]['kind'] == 'worse' else 'WAUC',
             'true_change': [min(changes), max(changes)],
-            'rules': dict(sorted(rules.items(), key=lambda item: (-item[1], item[0])))}
+            'rules': dict(sorted(deciding.items(), key=lambda item: (-item[1], item[0])))}
 
   lines = []
   for kind in KINDS:
@@ -610,26 +635,27 @@ def goal(rows: Sequence[dict]) -> dict:
 def format_markdown(results: dict) -> str:
   """The gate-quality table of a results file (`run`'s output): promotion rate per kind, with the corrupted
   domain and its test-split size for the worse kind, and the rules that decided."""
-  rows = results['pairs']
-  header = ['| kind | domain (test examples) | true change | pairs | promoted | rate | deciding rule (pairs) |',
-            '|---|---|---|---:|---:|---:|---|']
+  rows, settings = results['pairs'], results['settings']
+  header = ['| kind | domain (test examples) | true change | pairs | promoted | rate | blocked (truly) '
+            '| deciding rule (pairs) |', '|---|---|---|---:|---:|---:|---:|---|']
   body = []
-  for line in summarize(rows):
+  for line in summarize(rows, settings['rules']):
     domain = ', '.join(f'{d} ({n})' for d, n in line['test_examples'].items())
     low, high = line['true_change']
     change = f"{line['true_figure']} {low:+.3f}" + (f' to {high:+.3f}' if high != low else '')
     rules = ', '.join(f'{rule} ({count})' for rule, count in line['rules'].items())
     body.append(f"| {line['kind']} | {domain} | {change} | {line['pairs']} | {line['promoted']} | "
-                f"{100 * line['rate']:.0f}% | {rules} |")
+                f"{100 * line['rate']:.0f}% | {line['blocked']} ({line['truly_blocked']}) | {rules} |")
   outcome = goal(rows)
-  settings = results['settings']
   better = ('no confirmed better pair' if outcome['better_rate'] is None
             else f"{100 * outcome['better_rate']:.0f}% of the truly better promoted")
   rules = ', '.join(f'{k}={v}' for k, v in settings['rules'].items() if k != 'calibrated')
-  note = (f"Goal {'met' if outcome['met'] else 'not met'}: {outcome['worse_promoted']} truly worse candidates "
+  worse = outcome['worse_promoted']
+  note = (f"Goal {'met' if outcome['met'] else 'not met'}: {worse} truly worse candidate{'' if worse == 1 else 's'} "
           f"promoted, {better}. {len(rows)} pairs on `synthetic.generate({settings['rows']}, "
           f"seed={settings['seed']})` (test split {settings['test_examples']} examples), {settings['steps']} "
-          f"training steps; the pipeline's gate rules ({rules}).")
+          f"training steps; the pipeline's gate rules ({rules}). Blocked: by a significant check; (truly): the "
+          f"truth confirms a blocking check (the slice's true change is beyond the gate's threshold).")
   return '\n'.join(header + body) + '\n\n' + note + what_if_markdown(rows, settings.get('what_if', ()))
 
 
@@ -727,7 +753,12 @@ def run(args, log=print) -> dict:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       description=__doc__.split('\n\n')[0] + ' Trains the models, judges every pair with the PromotionGate\'s '
-      'evaluate/decide and prints the promotion rate per kind.', formatter_class=argparse.RawDescriptionHelpFormatter)
+      'evaluate/decide and prints the promotion rate per kind.', formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog='The published run (README.md, docs/results/gate_quality.json), about 25 minutes on 2 CPU cores:\n\n'
+             '  .venv/bin/python benchmarks/gate_quality.py --output-dir outputs/gate-quality \\\n'
+             '      --results docs/results/gate_quality.json --what-if logloss_tolerance=0.005 \\\n'
+             '      --what-if logloss_tolerance=0.01 --what-if logloss_tolerance=0.02 --what-if auc_tolerance=0 \\\n'
+             '      --what-if auc_tolerance=0,logloss_tolerance=0.01')
   parser.add_argument('--output-dir', default='outputs/gate-quality',
                       help='pairs.jsonl, predictions/ (resume from them) and gate_quality.json')
   parser.add_argument('--results', help='also write the results here (docs/results/gate_quality.json: the file '
@@ -744,7 +775,7 @@ def main(argv=None) -> int:
                       help='share of the training rows of a better pair\'s production model (default %(default)s)')
   parser.add_argument('--corruptions', type=lambda v: v.split(','), default=list(DEFAULT_CORRUPTIONS),
                       help='worse pairs, one per DOMAIN:labels:SHARE or DOMAIN:shuffle:COLUMN, comma-separated '
-                           '(default: %(default)s)')
+                           f'(default: {",".join(DEFAULT_CORRUPTIONS)})')
   parser.add_argument('--fresh-rows-per-domain', type=int, default=20_000,
                       help='rows of every domain on which the truth is computed (default %(default)s)')
   parser.add_argument('--what-if', action='append', default=[], metavar='KEY=VALUE[,KEY=VALUE]',

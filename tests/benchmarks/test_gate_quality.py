@@ -7,13 +7,17 @@ import pytest
 
 from benchmarks import gate_quality as gq
 
-SETTINGS = {'rows': 200000, 'seed': 0, 'steps': 1000, 'test_examples': 40000,
-            'rules': {'min_examples': 200, 'auc_tolerance': 0.005, 'calibrated': True}}
+RULES = {'min_examples': 200, 'auc_tolerance': 0.005, 'logloss_tolerance': 0.001, 'calibrated': True}
+SETTINGS = {'rows': 200000, 'seed': 0, 'steps': 1000, 'test_examples': 40000, 'rules': RULES}
+LIVE_LOGLOSS_BLOCK = 'live: log loss 0.5327 - 0.5003 = +0.0324 [0.0094, 0.0554] (99.69% CI) is significantly above'
+HOME_FEED_AUC_BLOCK = 'home_feed: AUC 0.5 - 0.7 = -0.2000 [-0.21, -0.19] (99.69% CI) is significantly below'
 
 
-def _row(kind, promoted, rule, confirmed=True, domain=None, examples=None, dwauc=0.0, domain_dauc=None):
+def _row(kind, promoted, rule, confirmed=True, domain=None, examples=None, dwauc=0.0, domain_dauc=None,
+         blocks=(), true_domains=None):
   row = {'key': f'{kind}:{len(str(rule))}', 'kind': kind, 'promoted': promoted, 'rule': rule,
-         'confirmed': confirmed, 'domain': domain, 'true_dwauc': dwauc}
+         'confirmed': confirmed, 'domain': domain, 'true_dwauc': dwauc, 'true_dlogloss': 0.0,
+         'blocks': list(blocks), 'true_domains': true_domains or {}}
   if domain:
     row.update(domain_test_examples=examples, true_domain_dauc=domain_dauc)
   return row
@@ -58,31 +62,49 @@ def test_corruptions_touch_only_their_domain():
 
 
 def test_the_table_gives_the_promotion_rate_per_kind_with_the_domain_sizes():
-  rows = ([_row('better', True, 'not_worse_overall', dwauc=0.04)] * 9 + [_row('better', False, 'logloss_worse')]
+  rows = ([_row('better', True, 'not_worse_overall', dwauc=0.04)] * 9
+          + [_row('better', False, 'logloss_worse', blocks=[LIVE_LOGLOSS_BLOCK],
+                  true_domains={'live': {'auc': 0.01, 'logloss': 0.025}})]
           + [_row('equivalent', True, 'not_worse_overall'), _row('equivalent', False, 'not_better_overall')]
-          + [_row('worse', False, 'domain_auc_worse', domain='home_feed', examples=15972, domain_dauc=-0.18)] * 2
+          + [_row('worse', False, 'domain_auc_worse', domain='home_feed', examples=15972, domain_dauc=-0.18,
+                  blocks=[HOME_FEED_AUC_BLOCK], true_domains={'home_feed': {'auc': -0.18, 'logloss': 0.06}})] * 2
           + [_row('worse', False, 'not_better_overall', domain='new_user', examples=779, domain_dauc=-0.05)]
           + [_row('worse', True, 'not_worse_overall', confirmed=False, domain='new_user', examples=779,
                   domain_dauc=0.01)])
-  lines = {line['kind']: line for line in gq.summarize(rows)}
+  lines = {line['kind']: line for line in gq.summarize(rows, RULES)}
   assert list(lines) == ['better', 'equivalent', 'worse', 'worse, all domains', 'worse, not confirmed by the truth']
   assert (lines['better']['pairs'], lines['better']['promoted'], lines['better']['rate']) == (10, 9, 0.9)
+  assert (lines['better']['blocked'], lines['better']['truly_blocked']) == (1, 1)
+  assert (lines['equivalent']['blocked'], lines['equivalent']['truly_blocked']) == (0, 0)
   assert lines['better']['rules'] == {'not_worse_overall': 9, 'logloss_worse': 1}
   assert lines['worse, all domains']['test_examples'] == {'home_feed': 15972, 'new_user': 779}
   assert gq.goal(rows) == {'worse_promoted': 0, 'better_rate': 0.9, 'met': True}  # the unconfirmed pair is out
 
   table = gq.format_markdown({'settings': SETTINGS, 'pairs': rows})
-  assert '| better |  | WAUC +0.000 to +0.040 | 10 | 9 | 90% | not_worse_overall (9), logloss_worse (1) |' in table
-  assert ('| worse | home_feed (15972) | domain AUC -0.180 | 2 | 0 | 0% | domain_auc_worse (2) |\n'
-          '| worse | new_user (779) | domain AUC -0.050 | 1 | 0 | 0% | not_better_overall (1) |') in table
+  assert ('| better |  | WAUC +0.000 to +0.040 | 10 | 9 | 90% | 1 (1) | not_worse_overall (9), logloss_worse (1) |'
+          in table)
+  assert ('| worse | home_feed (15972) | domain AUC -0.180 | 2 | 0 | 0% | 2 (2) | domain_auc_worse (2) |\n'
+          '| worse | new_user (779) | domain AUC -0.050 | 1 | 0 | 0% | 0 (0) | not_better_overall (1) |') in table
   assert 'Goal met: 0 truly worse candidates promoted, 90% of the truly better promoted. 16 pairs' in table
   assert 'auc_tolerance=0.005' in table and 'calibrated' not in table
 
   promoted_worse = rows + [_row('worse', True, 'not_worse_overall', domain='coupon', examples=1934,
                                 domain_dauc=-0.02)]
   assert gq.goal(promoted_worse)['met'] is False
-  assert 'Goal not met: 1 truly worse candidates promoted' in gq.format_markdown(
+  assert 'Goal not met: 1 truly worse candidate promoted' in gq.format_markdown(
       {'settings': SETTINGS, 'pairs': promoted_worse})
+
+
+def test_a_block_is_true_when_the_truth_is_beyond_the_gates_threshold():
+  live = {'live': {'auc': 0.01, 'logloss': 0.0005}}
+  assert gq.block_is_true(_row('better', True, 'not_worse_overall'), RULES) is None
+  assert gq.block_is_true(_row('better', False, 'logloss_worse', blocks=[LIVE_LOGLOSS_BLOCK],
+                               true_domains=live), RULES) is False  # within the tolerance: a false block
+  live['live']['logloss'] = 0.002
+  assert gq.block_is_true(_row('better', False, 'logloss_worse', blocks=[LIVE_LOGLOSS_BLOCK],
+                               true_domains=live), RULES) is True
+  overall = _row('equivalent', False, 'wauc_worse', dwauc=0.001, blocks=['overall: WAUC 0.7 - 0.71 = ...'])
+  assert gq.block_is_true(overall, RULES) is False
 
 
 def test_what_if_rules_are_gate_rules_with_changes():
