@@ -130,7 +130,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                            '(default --min-domain-auc)')
   parser.add_argument('--auc-tolerance', type=float, default=None,
                       help='promotion gate: a domain with enough test data blocks the candidate when its AUC is '
-                           'significantly below production\'s by more than this (default 0.005)')
+                           'significantly below production\'s by more than this (default 0: any significant drop)')
   parser.add_argument('--logloss-tolerance', type=float, default=None,
                       help='promotion gate: the candidate is blocked when its log loss is significantly above '
                            'production\'s by more than this, overall or in a domain with enough data (default 0.001)')

@@ -107,7 +107,7 @@ class PipelineConfig:
   # loss is significantly worse than predicting the click rate. A multi-task model is gated on every task
   # output, task t's floor `task_min_auc[t]` (default `min_domain_auc`).
   min_domain_auc: float = 0.55
-  auc_tolerance: float = 0.005
+  auc_tolerance: float = 0.0
   logloss_tolerance: float = 0.001
   gate_min_examples: int = 200
   gate_min_positives: int = 20
