@@ -109,3 +109,37 @@ def test_keras_file_round_trip(backbone, tmp_path):
 def test_unknown_backbone_is_named_in_the_error():
   with pytest.raises(ValueError, match='transformer'):
     model_lib.build_model(SPEC, VOCAB_SIZES, HIDDEN, backbone='transformer')
+
+
+def _calibrated(adaptation='none', **options):
+  return model_lib.build_model(SPEC, VOCAB_SIZES, HIDDEN, embedding_dim=4, adaptation=adaptation,
+                               freeze_backbone=adaptation != 'none', options={'alpha': 4, 'calibrate': True, **options})
+
+
+def test_calibration_is_the_identity_until_fitted_and_the_finetune_model_inherits_it():
+  tf_keras.utils.set_random_seed(0)
+  pretrained = _calibrated()
+  layer = model_lib.calibration_layer(pretrained)
+  logit = tf_keras.Model(pretrained.input, layer.input[0])
+  features = _features(seed=3)
+  np.testing.assert_allclose(pretrained(features).numpy(), tf.sigmoid(logit(features)).numpy(), rtol=1e-6)
+  layer.calibration.assign(np.random.default_rng(1).normal(size=layer.calibration.shape))
+  scale_shift = layer.calibration.numpy()[features[DOMAIN_INDEX].numpy()]
+  expected = tf.sigmoid(logit(features).numpy() * scale_shift[:, :1] + scale_shift[:, 1:])
+  np.testing.assert_allclose(pretrained(features).numpy(), expected.numpy(), rtol=1e-5)
+  finetune = _calibrated('mlora')
+  model_lib.load_backbone_weights(finetune, pretrained)
+  np.testing.assert_array_equal(finetune(features).numpy(), pretrained(features).numpy())
+  assert not any('calibration' in w.name for w in finetune.trainable_weights)
+
+
+def test_embedding_l2_and_domain_dropout_act_in_training_only():
+  tf_keras.utils.set_random_seed(0)
+  plain = model_lib.build_model(SPEC, VOCAB_SIZES, HIDDEN, embedding_dim=4)
+  regularized = model_lib.build_model(SPEC, VOCAB_SIZES, HIDDEN, embedding_dim=4,
+                                      options={'embedding_l2': 1e-2, 'domain_dropout': 0.5, 'seed': 0})
+  regularized.set_weights(plain.get_weights())
+  assert not plain.losses and regularized.losses  # one L2 term per embedding table
+  features = _features(seed=4)
+  np.testing.assert_array_equal(regularized(features, training=False).numpy(), plain(features).numpy())
+  assert not np.allclose(regularized(features, training=True).numpy(), plain(features, training=True).numpy())
