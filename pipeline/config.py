@@ -86,7 +86,8 @@ class PipelineConfig:
   # `vocabulary_frequency_threshold`: Transform keeps in a vocabulary only the tokens seen at least this many
   # times in the training split; rarer ones share the OOV row, which so gets trained.
   # `calibrate`: each stage's click logit ends in a per-domain Platt scaling (models/layers/calibration.py),
-  # fitted on the eval split after training with every other weight fixed and exported in the serving graph.
+  # fitted on the eval split after training with every other weight fixed and exported in the serving graph
+  # (single-task models; a multi-task head keeps its outputs as they are).
   calibrate: bool = True
   embedding_l2: float = 1e-3
   domain_dropout: float = 0.1

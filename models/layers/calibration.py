@@ -95,9 +95,10 @@ def fit_domain_calibration(layer: DomainCalibration, logits: np.ndarray, labels:
 
   A pooled fit over every example is the prior of each domain's own fit (`fit_platt`, `prior_weight`), so a
   small domain borrows strength from the others; the pooled fit and the unknown slot's are held near the
-  identity by a weak prior (`WEAK_PRIOR`), which only matters on a handful of examples. `unknown_logits`: the same examples scored as an unknown
-  domain, which fit the unknown-domain slot. `domains`: the slots to fit (all known ones and the unknown slot
-  by default; onboarding fits its new domains alone, the others keep the production model's values).
+  identity by a weak prior (`WEAK_PRIOR`), which only matters on a handful of examples. `unknown_logits`: the
+  same examples scored as an unknown domain, which fit the unknown-domain slot. `domains`: the slots to fit
+  (all known ones and the unknown slot by default; onboarding fits its new domains alone, the others keep the
+  production model's values).
   """
   logits, labels, slots = (np.asarray(a).ravel() for a in (logits, labels, slots))
   pooled = fit_platt(logits, labels, prior_weight=WEAK_PRIOR)
