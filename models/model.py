@@ -13,8 +13,17 @@ from models.adaptation import ADAPTATIONS  # noqa: E402
 from models.backbones import BACKBONES  # noqa: E402
 from models.multitask import multitask_model  # noqa: E402
 from models.features import DOMAIN_INDEX, FeatureSpec, transformed_name  # noqa: E402
+from models.layers.calibration import DomainCalibration  # noqa: E402
+from models.layers.domain_dropout import DomainDropout  # noqa: E402
 
 PREDICTION = 'ctr'
+CALIBRATION = 'domain_calibration'  # the `DomainCalibration` layer's name
+# Settings of the model itself that `build_model` reads from `options` (beside the adaptation's and the
+# head's): `embedding_l2`, the L2 penalty on every embedding table (field embeddings and first-order
+# weights), and `domain_dropout`, the share of training examples scored as an unknown domain
+# (`DomainDropout`), whose masks follow `seed`; both act in training only. `calibrate`: the click logit
+# goes through a per-domain `DomainCalibration` (identity until the Trainer fits it on the eval split).
+MODEL_OPTIONS = ('embedding_l2', 'domain_dropout', 'seed', 'calibrate')
 
 
 def model_inputs(spec: FeatureSpec) -> Dict[str, tf_keras.Input]:
@@ -109,7 +118,12 @@ def build_model(spec: FeatureSpec, vocab_sizes: Dict[str, int], hidden_units: Se
   The first stage trains `adaptation='none'` (one shared model, the domain an embedded feature) or a
   method trained end to end; the second stage builds the same backbone with `adaptation='mlora'` (or
   another method) and `freeze_backbone=True`: every backbone dense weight is frozen, the method's own
-  weights and the embeddings train. `options` holds method settings (MLoRA's `alpha`, ...).
+  weights and the embeddings train. `options` holds method settings (MLoRA's `alpha`, ...) and the model's
+  own `MODEL_OPTIONS`: an `embedding_l2` penalty on the embedding tables, and a `domain_dropout` share of
+  training examples whose domain index becomes the unknown domain's before anything reads it (the domain
+  embedding and every per-domain layer), which trains the unknown-domain path (`DomainDropout`); with
+  `calibrate`, the logit of a single-task model passes through a frozen per-domain Platt scaling
+  (`DomainCalibration`, named `CALIBRATION`) before the sigmoid.
   `wrap_adaptation(inputs, adaptation)` returns the adaptation the backbone is built through instead
   (`models.ctnet` adds its source tower's adapters to the hidden layers this way).
   With `head` (models/heads: esmm, mmoe, ...) the model is a multi-task `models.multitask.MultiTaskModel`
@@ -123,14 +137,26 @@ def build_model(spec: FeatureSpec, vocab_sizes: Dict[str, int], hidden_units: Se
   if adaptation not in ADAPTATIONS:
     raise ValueError(f'Unknown domain adaptation {adaptation!r}; choose one of {sorted(ADAPTATIONS)}.')
   inputs = model_inputs(spec)
-  adapt = ADAPTATIONS[adaptation](spec, inputs[DOMAIN_INDEX], freeze_base=freeze_backbone, options=options)
+  options = dict(options or {})
+  domain_index = inputs[DOMAIN_INDEX]
+  if options.get('domain_dropout'):
+    domain_index = DomainDropout(options['domain_dropout'], spec.num_domains, seed=options.get('seed'),
+                                 name='domain_dropout')(domain_index)
+  adapt = ADAPTATIONS[adaptation](spec, domain_index, freeze_base=freeze_backbone, options=options)
   if wrap_adaptation:
     adapt = wrap_adaptation(inputs, adapt)
-  features = adapt.features(EmbeddedFeatures(inputs, spec, vocab_sizes, embedding_dim))
+  embedding = tf_keras.layers.Embedding
+  if options.get('embedding_l2'):
+    embedding = functools.partial(embedding,
+                                  embeddings_regularizer=tf_keras.regularizers.L2(options['embedding_l2']))
+  features = adapt.features(EmbeddedFeatures({**inputs, DOMAIN_INDEX: domain_index}, spec, vocab_sizes,
+                                             embedding_dim, embedding=embedding))
   name = (head or backbone) if adaptation == 'none' else f'{head or backbone}_{adaptation}'
   if head:
-    return multitask_model(head, inputs, features, hidden_units, adapt, dict(options or {}), name)
+    return multitask_model(head, inputs, features, hidden_units, adapt, options, name)
   logit = adapt.logit(BACKBONES[backbone](features, hidden_units, adapt), features)
+  if options.get('calibrate'):
+    logit = DomainCalibration(spec.num_domains, name=CALIBRATION)([logit, domain_index])
   probability = tf_keras.layers.Activation('sigmoid', name=PREDICTION)(logit)
   return tf_keras.Model(inputs=inputs, outputs=probability, name=name)
 
@@ -148,6 +174,11 @@ def load_backbone_weights(model: tf_keras.Model, pretrained: tf_keras.Model) -> 
     target_weights = {_short_name(w): w for w in target.weights}
     for weight in source.weights:
       target_weights[_short_name(weight)].assign(weight)
+
+
+def calibration_layer(model: tf_keras.Model) -> Optional[DomainCalibration]:
+  """The model's `DomainCalibration`; None for a model built without `calibrate` (or multi-task)."""
+  return next((layer for layer in model.layers if isinstance(layer, DomainCalibration)), None)
 
 
 def adaptation_weights(model: tf_keras.Model):

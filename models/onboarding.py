@@ -48,9 +48,12 @@ def onboarding_model(spec: FeatureSpec, vocab_sizes: Dict[str, int], new_domains
   if sorted(new_domains) != sorted(expected):
     raise ValueError(f'The production model has adapters for {spec.domains[:known]}; the domains after them, '
                      f'{expected}, are the ones to onboard, not {list(new_domains)}.')
+  # The production model's calibration, if it has one, comes along: its unknown-domain row starts the new
+  # domains' (as the domain embedding's does), and the Trainer refits the new domains' rows alone.
   model = model_lib.build_model(
       spec, vocab_sizes, hidden_units, embedding_dim, backbone=backbone, adaptation='mlora', freeze_backbone=True,
-      options={**options, 'trainable_domains': [spec.domains.index(d) for d in new_domains]})
+      options={**options, 'trainable_domains': [spec.domains.index(d) for d in new_domains],
+               'calibrate': model_lib.calibration_layer(production) is not None})
   warm_start.warm_start(model, production, spec, tf_transform_output, production_dir, new_tokens_as_oov=True)
   for layer in model.layers:
     if isinstance(layer, tf_keras.layers.Embedding):

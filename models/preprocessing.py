@@ -1,4 +1,5 @@
 """tf.Transform `preprocessing_fn`: raw domain-tagged columns to model-ready features."""
+import functools
 import os
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
@@ -9,6 +10,7 @@ import tensorflow_transform as tft  # noqa: E402
 from models.features import DOMAIN_INDEX, FeatureSpec, transformed_name  # noqa: E402
 
 OOV_BUCKETS = 1
+FREQUENCY_THRESHOLD_KEY = 'vocabulary_frequency_threshold'  # in the Transform's custom_config
 MULTIVALUE_SEPARATOR = '|'
 
 
@@ -35,19 +37,26 @@ def domain_index(domain, domains):
 def preprocessing_fn(inputs, custom_config):
   """Vocabularies with an OOV bucket for categorical ids, hashing for very high-cardinality ones,
   z-scores for numeric fields, padded vocabulary ids for multi-valued fields, and the domain as a dense
-  index into the known domain list. Labels pass through as int64."""
+  index into the known domain list. Labels pass through as int64.
+
+  `custom_config`: `feature_spec` (a FeatureSpec's dict) and optionally `vocabulary_frequency_threshold`
+  (`FREQUENCY_THRESHOLD_KEY`): a vocabulary keeps only the tokens seen at least that many times in the
+  analyzed (training) data; rarer ones map to the OOV row, which so trains on them (0 or 1: every token).
+  """
   spec = FeatureSpec.from_dict(custom_config['feature_spec'])
+  threshold = int(custom_config.get(FREQUENCY_THRESHOLD_KEY) or 0)
+  vocabulary = functools.partial(tft.compute_and_apply_vocabulary, num_oov_buckets=OOV_BUCKETS,
+                                 frequency_threshold=threshold if threshold > 1 else None)
   outputs = {DOMAIN_INDEX: domain_index(_dense(inputs[spec.domain]), spec.domains)}
   for column in spec.vocab:
-    outputs[transformed_name(column)] = tft.compute_and_apply_vocabulary(
-        _as_string(_dense(inputs[column])), num_oov_buckets=OOV_BUCKETS, vocab_filename=column)
+    outputs[transformed_name(column)] = vocabulary(_as_string(_dense(inputs[column])), vocab_filename=column)
   for column, buckets in spec.hashed.items():
     outputs[transformed_name(column)] = tf.strings.to_hash_bucket_fast(_as_string(_dense(inputs[column])), buckets)
   for column in spec.numeric:
     outputs[transformed_name(column)] = tft.scale_to_z_score(tf.cast(_dense(inputs[column]), tf.float32))
   for column, max_values in spec.multivalent.items():
     values = tf.strings.split(_as_string(_dense(inputs[column])), MULTIVALUE_SEPARATOR)
-    ids = tft.compute_and_apply_vocabulary(values, num_oov_buckets=OOV_BUCKETS, vocab_filename=column)
+    ids = vocabulary(values, vocab_filename=column)
     # Shift by one so 0 can pad rows with fewer than max_values values.
     outputs[transformed_name(column)] = (ids + 1).to_tensor(default_value=0, shape=[None, max_values])
   for column in spec.label_columns:

@@ -1,7 +1,9 @@
 """TFX Trainer module: `pretrain_run_fn` trains the backbone on every domain, `finetune_run_fn` freezes its
 dense weights and trains one MLoRA adapter per domain (and the embeddings).
 
-Both keep the weights with the best validation AUC, the starting ones included (`BestValidationWeights`), and
+Both keep the weights with the best validation AUC, the starting ones included (`BestValidationWeights`), then
+fit the model's per-domain calibration (`DomainCalibration`, when built with `calibrate`) on the same
+validation batches with every other weight fixed (train fits, eval selects and calibrates, test judges), and
 export a TF Serving SavedModel (`serving_signatures`: `serving_default` on serialized tf.Example with
 the Transform graph inside, `serving_raw` on named raw feature tensors, `classify` for TF Serving's Classify
 API, `transform_features` for the Evaluator) and keep the bare Keras model beside it in the same Model
@@ -16,6 +18,7 @@ from typing import Dict, Optional, Sequence
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 import tf_keras  # noqa: E402
@@ -29,6 +32,7 @@ from models import model as model_lib  # noqa: E402
 from models import onboarding  # noqa: E402
 from models import warm_start  # noqa: E402
 from models.features import DOMAIN_INDEX, FeatureSpec  # noqa: E402
+from models.layers.calibration import fit_domain_calibration  # noqa: E402
 from models.multitask import MultiTaskModel  # noqa: E402
 from models.preprocessing import vocabulary_sizes  # noqa: E402
 from serving import signatures  # noqa: E402
@@ -241,6 +245,10 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   best = BestValidationWeights(evaluation, monitor=f'val_{model_lib.PREDICTION}_auc' if multitask else 'val_auc')
   model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=evaluation,
             callbacks=[throughput, best], verbose=0)
+  calibration = model_lib.calibration_layer(model)
+  if calibration is not None:
+    onboard = [spec.domains.index(d) for d in config.get('onboard_domains') or ()]
+    fit_calibration(model, calibration, evaluation, spec, domains=onboard or None)
   steady_rates = throughput.rates[1:] or throughput.rates  # the first epoch pays for tracing
   stats = {
       'examples_per_second': sum(steady_rates) / len(steady_rates),
@@ -248,6 +256,7 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
       'validation_auc': float(best.best),
       'parameters': model.count_params(),
       'trainable_parameters': int(sum(w.shape.num_elements() for w in model.trainable_weights)),
+      'calibration': calibration.calibration.numpy().tolist() if calibration is not None else None,
       'adapter_parameters_per_domain': int(sum(w.shape.num_elements() for w in model_lib.adaptation_weights(model))
                                            / max(spec.num_domains, 1)),
   }
@@ -259,6 +268,25 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   with tf.io.gfile.GFile(os.path.join(os.path.dirname(keras_path), TRAINING_STATS_FILE), 'w') as f:
     json.dump(stats, f, indent=2)
   export_serving_model(model, tf_transform_output, spec, fn_args.serving_model_dir)
+
+
+def fit_calibration(model: tf_keras.Model, calibration, evaluation, spec: FeatureSpec, domains=None) -> None:
+  """Fits `calibration` (the model's `DomainCalibration`) on `evaluation`, the validation batches, with every
+  other weight as training left it: each domain's (a_d, b_d) on its examples' uncalibrated logits, the
+  unknown-domain slot on the same examples scored as an unknown domain. `domains`: the domain indices to fit
+  (onboarding's new domains; the other slots keep the production model's values), all by default."""
+  logit_model = tf_keras.Model(model.input, calibration.input[0])
+  logits, unknown_logits, labels, slots = [], [], [], []
+  for features, label in evaluation:
+    unknown = {**features, DOMAIN_INDEX: tf.fill(tf.shape(features[DOMAIN_INDEX]),
+                                                 tf.cast(spec.num_domains, features[DOMAIN_INDEX].dtype))}
+    logits.append(logit_model(features, training=False).numpy().ravel())
+    unknown_logits.append(logit_model(unknown, training=False).numpy().ravel())
+    labels.append(label.numpy().ravel())
+    slots.append(features[DOMAIN_INDEX].numpy().ravel())
+  value = fit_domain_calibration(calibration, *map(np.concatenate, (logits, labels, slots, unknown_logits)),
+                                 domains=domains)
+  _LOG.info('per-domain calibration (scale, shift), the unknown domain last: %s', np.round(value, 3).tolist())
 
 
 def epoch_plan(train_steps: int):
@@ -282,12 +310,15 @@ def _setup(fn_args):
 
 
 def _build(config, spec, tf_transform_output, freeze_backbone: bool, source_tower=None):
-  """The stage's model; with a `source_tower`, CTNet's: the same model beside it, adapters between them."""
+  """The stage's model; with a `source_tower`, CTNet's: the same model beside it, adapters between them.
+  The model's own settings (`model_lib.MODEL_OPTIONS`: embedding L2, domain dropout, calibration) come from
+  `config` when it has them, off otherwise."""
   build = (functools.partial(model_lib.build_model, head=config.get('head')) if source_tower is None else
            functools.partial(ctnet.build_ctnet_model, tower=source_tower))
+  model_options = {k: config[k] for k in model_lib.MODEL_OPTIONS if config.get(k) is not None}
   return build(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'], config['embedding_dim'],
                backbone=config['backbone'], adaptation=config['adaptation'], freeze_backbone=freeze_backbone,
-               options={**config['adaptation_options'], **config.get('head_options', {})})
+               options={**config['adaptation_options'], **config.get('head_options', {}), **model_options})
 
 
 def _source_tower(config, spec, tf_transform_output):

@@ -13,9 +13,10 @@ span's Transform vocabularies. Its shared weights go into the backbone built for
   by frequency and change between spans (the old vocabulary is the `assets/<column>` file of the old
   SavedModel); tokens new in this span keep their fresh rows; the OOV rows map onto the old OOV rows;
 - hashed-id embeddings: as they are when the bucket count did not change;
-- the domain embedding: domain `i` keeps row `i`, since domains are only ever appended to
-  `FeatureSpec.domains` (domain `i` owns adapter `i`); a domain added since, and the unknown-domain row,
-  start from the old unknown-domain row, which is how the old model scored a domain it did not know.
+- the domain embedding and the per-domain calibration (`DomainCalibration`, one row per domain): domain `i`
+  keeps row `i`, since domains are only ever appended to `FeatureSpec.domains` (domain `i` owns adapter
+  `i`); a domain added since, and the unknown-domain row, start from the old unknown-domain row, which is
+  how the old model scored a domain it did not know.
 
 Anything else that does not fit (a changed architecture) keeps its fresh initial value, and is logged.
 """
@@ -27,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.features import DOMAIN_INDEX, FeatureSpec, transformed_name
+from models.layers.calibration import DomainCalibration
 from models.preprocessing import OOV_BUCKETS
 
 _LOG = logging.getLogger(__name__)
@@ -131,7 +133,8 @@ def warm_start(model, base, spec: FeatureSpec, tf_transform_output, base_serving
   for layer in model.layers:
     source = base_layers.get(layer.name)
     old_weights = {_short_name(w): w.numpy() for w in source.weights} if source else {}
-    feature = _embedding_feature(layer.name)
+    # The calibration's rows are domains: they map as the domain embedding's do.
+    feature = DOMAIN_INDEX if isinstance(layer, DomainCalibration) else _embedding_feature(layer.name)
     per_domain = {id(w) for w in getattr(layer, 'adaptation_weights', [])} | {
         id(w) for w in layer.weights if _short_name(w).startswith(PER_DOMAIN_PREFIX)}
     for weight in layer.weights:

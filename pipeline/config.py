@@ -85,10 +85,14 @@ class PipelineConfig:
   # backbone and the unknown-domain embedding row, from which onboarding starts a new domain).
   # `vocabulary_frequency_threshold`: Transform keeps in a vocabulary only the tokens seen at least this many
   # times in the training split; rarer ones share the OOV row, which so gets trained.
-  embedding_l2: float = 0.0
-  domain_dropout: float = 0.0
-  finetune_domain_dropout: float = 0.0
-  vocabulary_frequency_threshold: int = 0
+  # `calibrate`: each stage's click logit ends in a per-domain Platt scaling (models/layers/calibration.py),
+  # fitted on the eval split after training with every other weight fixed and exported in the serving graph
+  # (single-task models; a multi-task head keeps its outputs as they are).
+  calibrate: bool = True
+  embedding_l2: float = 1e-3
+  domain_dropout: float = 0.1
+  finetune_domain_dropout: float = 0.1
+  vocabulary_frequency_threshold: int = 10
   # Multi-task (models/heads, models/multitask.py): with `head` (shared_bottom, esmm, mmoe, ple) both stages
   # predict click and conversion tasks (`ctr`, `cvr`, and `ctcvr` for ESMM) on the head's MLP bottom instead
   # of the single click model (None); `balancing` (fixed, uncertainty, dwa) weighs the task losses and
@@ -240,6 +244,7 @@ class PipelineConfig:
         'seed': self.seed,
         'embedding_l2': self.embedding_l2,
         'domain_dropout': self.domain_dropout if stage == 'pretrain' else self.finetune_domain_dropout,
+        'calibrate': self.calibrate,
         'onboard_domains': list(self.onboard_domains) if stage == 'finetune' else [],
         **({'head': self.head, 'head_options': {**self.head_options, 'balancing': self.balancing,
                                                 'pcgrad': self.pcgrad}} if self.head else {}),

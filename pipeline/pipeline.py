@@ -107,7 +107,7 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
 
   transform = tfx.components.Transform(
       examples=examples.outputs['examples'], schema=schema.outputs['schema'], preprocessing_fn=PREPROCESSING_FN,
-      custom_config={'feature_spec': config.feature_spec.to_dict()}, disable_statistics=True)
+      custom_config=config.transform_config(), disable_statistics=True)
   transform.add_upstream_node(anomalies_gate)  # no feature engineering, hence no training, on invalid data
 
   def trainer(stage: str, steps: int, base_model=None, source_model=None, adaptation=None):

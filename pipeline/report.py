@@ -1,7 +1,8 @@
 """The run's result table, from the metadata store of the latest run: every domain's test AUC of the pretrained
 and the fine-tuned model with 95% intervals, calibration, the candidate against production, the gate's
-decision and the rule that made it, and the pushed model. The figures are the PromotionGate's
-(components/promotion_gate.py), which scores every model on the same test examples."""
+decision and the rule that made it, and the pushed model; plots of the per-domain AUC and of the reliability
+curves. The figures are the PromotionGate's (components/promotion_gate.py), which scores every model on the
+same test examples."""
 import collections
 import json
 import os
@@ -17,6 +18,7 @@ from pipeline.config import PipelineConfig
 
 REPORT_FILE = 'report.json'
 PLOT_FILE = 'domain_auc.png'
+RELIABILITY_PLOT_FILE = 'reliability.png'
 Z95 = 1.959964  # a displayed interval is the figure +- Z95 standard errors (the gate decides on its own levels)
 
 
@@ -78,7 +80,7 @@ def _model_figures(slice_: dict, model: str, wauc: bool = False) -> dict:
   calibration = figures['calibration']
   result = {'auc': _figure(figures['auc']), 'auc_ci': _interval(figures['auc']),
             'logloss': calibration['logloss'], 'constant_logloss': calibration['constant_logloss'],
-            'calibration': calibration['ratio']}
+            'calibration': calibration['ratio'], 'reliability': calibration['reliability']}
   if wauc:
     result.update(wauc=_figure(figures['wauc']), wauc_ci=_interval(figures['wauc']))
   return result
@@ -130,7 +132,8 @@ def build_report(config: PipelineConfig) -> dict:
                     'auc_production': row['production'].get('auc'), 'auc_change': row.get('auc_change'),
                     'logloss': row['finetune'].get('logloss'),
                     'constant_logloss': row['finetune'].get('constant_logloss'),
-                    'calibration': row['finetune'].get('calibration'), 'deciding': row.get('deciding', False)})
+                    'calibration': row['finetune'].get('calibration'), 'deciding': row.get('deciding', False),
+                    **{f'reliability_{stage}': row[stage].get('reliability') for stage in ('pretrain', 'finetune')}})
   overall = click['overall']
   pushed = _single(by_node, 'Pusher', 'PushedModel')
   is_pushed = bool(pushed and pushed.custom_properties['pushed'].int_value)
@@ -144,6 +147,7 @@ def build_report(config: PipelineConfig) -> dict:
       'logloss_finetune': overall['finetune'].get('logloss'),
       'constant_logloss': overall['finetune'].get('constant_logloss'),
       'calibration_finetune': overall['finetune'].get('calibration'),
+      **{f'reliability_{stage}': overall[stage].get('reliability') for stage in ('pretrain', 'finetune')},
       'production': ({'auc': overall['production']['auc'], 'wauc': overall['production']['wauc'],
                       'auc_change': overall['auc_change'], 'wauc_change': overall['wauc_change'],
                       'logloss_change': overall['logloss_change']} if overall['production'] else None),
@@ -237,9 +241,42 @@ def plot_domain_auc(report: dict, path: str) -> str:
   return path
 
 
+def plot_reliability(report: dict, path: str) -> str:
+  """The reliability curves of the pretrained and the fine-tuned model, all domains together and each domain
+  alone: the observed click rate of each equal-count bin of predictions against its mean prediction (on the
+  diagonal: calibrated; below it: over-predicting)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  panels = [('all domains', report)] + [(row['domain'], row) for row in report['domains']]
+  columns = 4
+  rows = -(-len(panels) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+  for ax, (title, figures) in zip(axes.flat, panels):
+    curves = {stage: figures[f'reliability_{stage}'] or [] for stage in ('pretrain', 'finetune')}
+    top = max([b[k] for bins in curves.values() for b in bins for k in ('mean_prediction', 'observed_rate')] + [0.1])
+    ax.plot([0, top], [0, top], color='grey', linewidth=0.8)
+    for stage, label in (('pretrain', 'pretrained backbone'), ('finetune', '+ MLoRA')):
+      ax.plot([b['mean_prediction'] for b in curves[stage]], [b['observed_rate'] for b in curves[stage]],
+              marker='o', markersize=3, label=label)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+  for ax in axes.flat[len(panels):]:
+    ax.axis('off')
+  axes.flat[0].legend(fontsize=7)
+  fig.supxlabel(f'mean prediction ({report["split"]} split, equal-count bins)', fontsize=9)
+  fig.supylabel('observed click rate', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
 def write_report(config: PipelineConfig) -> dict:
   report = build_report(config)
   with open(os.path.join(config.output_dir, REPORT_FILE), 'w') as f:
     json.dump(report, f, indent=2)
   plot_domain_auc(report, os.path.join(config.output_dir, PLOT_FILE))
+  plot_reliability(report, os.path.join(config.output_dir, RELIABILITY_PLOT_FILE))
   return report

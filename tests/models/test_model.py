@@ -5,8 +5,10 @@ model is `tests/models/adaptation/test_adaptations.py::test_keras_file_round_tri
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from models import model as model_lib
+from models.features import DOMAIN_INDEX
 from models.layers.lora import DomainLoRADense, lora_rank
 from tests.models import zoo
 
@@ -64,3 +66,34 @@ def test_unknown_domain_is_scored_by_the_backbone_alone(backbone):
 def test_unknown_backbone_is_named_in_the_error():
   with pytest.raises(ValueError, match='transformer'):
     zoo.build('transformer')
+
+
+def _calibrated(adaptation='none'):
+  return zoo.build(adaptation=adaptation, freeze_backbone=adaptation != 'none',
+                   options={**zoo.OPTIONS, 'calibrate': True})
+
+
+def test_calibration_is_the_identity_until_fitted_and_the_finetune_model_inherits_it():
+  pretrained = _calibrated()
+  layer = model_lib.calibration_layer(pretrained)
+  logit = tf_keras.Model(pretrained.input, layer.input[0])
+  features = zoo.features(seed=3)
+  np.testing.assert_allclose(pretrained(features).numpy(), tf.sigmoid(logit(features)).numpy(), rtol=1e-6)
+  layer.calibration.assign(np.random.default_rng(1).normal(size=layer.calibration.shape))
+  scale_shift = layer.calibration.numpy()[features[DOMAIN_INDEX].numpy()]
+  expected = tf.sigmoid(logit(features).numpy() * scale_shift[:, :1] + scale_shift[:, 1:])
+  np.testing.assert_allclose(pretrained(features).numpy(), expected.numpy(), rtol=1e-5)
+  finetune = _calibrated('mlora')
+  model_lib.load_backbone_weights(finetune, pretrained)
+  np.testing.assert_array_equal(finetune(features).numpy(), pretrained(features).numpy())
+  assert not any('calibration' in w.name for w in finetune.trainable_weights)
+
+
+def test_embedding_l2_and_domain_dropout_act_in_training_only():
+  plain = zoo.build(options={})
+  regularized = zoo.build(options={'embedding_l2': 1e-2, 'domain_dropout': 0.5, 'seed': 0})
+  regularized.set_weights(plain.get_weights())
+  assert not plain.losses and regularized.losses  # one L2 term per embedding table
+  features = zoo.features(seed=4)
+  np.testing.assert_array_equal(regularized(features, training=False).numpy(), plain(features).numpy())
+  assert not np.allclose(regularized(features, training=True).numpy(), plain(features, training=True).numpy())

@@ -73,3 +73,16 @@ def test_a_production_model_without_adapters_is_refused(production):
   backbone = zoo.build(spec=OLD_SPEC, vocab_sizes=_sizes(OLD_VOCABULARIES))
   with pytest.raises(ValueError, match='needs an MLoRA production model'):
     _onboard((backbone, production[1]))
+
+
+def test_a_calibrated_production_model_keeps_its_calibration_and_the_new_domain_starts_from_the_unknown_row(
+    production):
+  calibrated = zoo.build(adaptation='mlora', freeze_backbone=True, spec=OLD_SPEC, vocab_sizes=_sizes(OLD_VOCABULARIES),
+                         options={'alpha': 4, 'calibrate': True})
+  old = np.random.default_rng(3).normal(size=(OLD_SPEC.num_domains + 1, 2)).astype(np.float32)
+  model_lib.calibration_layer(calibrated).calibration.assign(old)
+  model = _onboard((calibrated, production[1]))
+  new = model_lib.calibration_layer(model).calibration.numpy()
+  np.testing.assert_array_equal(new[:3], old[:3])
+  np.testing.assert_array_equal(new[3], old[3])  # 'd' starts from the production model's unknown-domain row
+  np.testing.assert_array_equal(new[4], old[3])  # which stays the unknown domain's

@@ -54,6 +54,8 @@ def test_report_has_metrics_for_every_domain(shared_run):
   assert report['production'] is None and report['gate_rule'] == 'first_run'  # nothing to compare with yet
   assert any(reason.startswith('overall: AUC') for reason in report['gate_reasons'])
   assert os.path.getsize(os.path.join(shared_run.output_dir, 'domain_auc.png')) > 1000
+  assert os.path.getsize(os.path.join(shared_run.output_dir, 'reliability.png')) > 1000
+  assert all(row['reliability_finetune'] for row in report['domains'])  # the gate's bins, per domain
 
 
 class _TFXIOAccessor:
