@@ -155,14 +155,17 @@ def build_report(config: PipelineConfig) -> dict:
   }
 
 
+NOT_COMPUTED = 'n/a'  # a figure the data cannot give (a single class, an empty domain): never a crash
+
+
 def _number(value: Optional[float], spec: str = '.4f') -> str:
-  return '-' if value is None else format(value, spec)
+  return NOT_COMPUTED if value is None else format(value, spec)
 
 
 def _with_interval(value: Optional[float], interval: Optional[List[float]]) -> str:
-  """'0.7349 ±0.0081' (the 95% interval's half-width), '-' when missing."""
+  """'0.7349 ±0.0081' (the 95% interval's half-width), 'n/a' when it could not be computed."""
   if value is None:
-    return '-'
+    return NOT_COMPUTED
   return f'{value:.4f} ±{(interval[1] - interval[0]) / 2:.4f}' if interval else f'{value:.4f}'
 
 

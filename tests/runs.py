@@ -127,13 +127,16 @@ def run_cli(output_dir, data_dir=None, extra=()) -> int:
   return tfx_runner.main(args)
 
 
-def write_split(frame: pd.DataFrame, data_dir, shuffle_train_labels=False) -> None:
-  """Fixed train/eval/test folders (60/20/20, in row order), the curated schema's data."""
+def write_split(frame: pd.DataFrame, data_dir, shuffle_train_labels=False, no_train_clicks=False) -> None:
+  """Fixed train/eval/test folders (60/20/20, in row order), the curated schema's data; the train split's labels
+  shuffled, or every one 0 (`no_train_clicks`), on request."""
   cuts = [int(len(frame) * 0.6), int(len(frame) * 0.8)]
   train, evaluation, test = frame.iloc[:cuts[0]].copy(), frame.iloc[cuts[0]:cuts[1]], frame.iloc[cuts[1]:]
   if shuffle_train_labels:
     train['click'] = np.random.default_rng(0).permutation(train['click'].to_numpy())
-    train['conversion'] = train['click'] * train['conversion']
+  if no_train_clicks:
+    train['click'] = 0
+  train['conversion'] = train['click'] * train['conversion']
   for split, part in (('train', train), ('eval', evaluation), ('test', test)):
     synthetic.write_csv(part, str(data_dir / split))
 
