@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine: `make run` and `make test`.
-# The virtual environment is built from the pinned lock file (requirements.lock) with Python 3.10.
+# The virtual environment is built from the pinned set (requirements.txt) with Python 3.10.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,12 +10,12 @@ PYTEST_ARGS ?=
 .PHONY: run test test-all lock clean
 export TF_USE_LEGACY_KERAS := 1
 
-$(PY): requirements.lock
+$(PY): requirements.txt
 	@v=$$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	if [ "$$v" != "3.10" ]; then echo "Python 3.10 is required (python3 is $$v): install it, or use pyenv, which picks 3.10 from .python-version" >&2; exit 1; fi
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip uv
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.lock
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt
 	@touch $(PY)
 
 run: $(PY)
@@ -35,7 +35,7 @@ test-all: $(PY)
 # Re-resolve the pinned set after editing requirements.in.
 lock: $(PY)
 	$(VENV)/bin/uv pip compile --quiet requirements.in --python-version 3.10 \
-	  --python-platform x86_64-manylinux_2_36 -o requirements.lock
+	  --python-platform x86_64-manylinux_2_36 -o requirements.txt
 
 clean:
 	rm -rf $(VENV) outputs

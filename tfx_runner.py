@@ -145,6 +145,9 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                       help='CTNet continual transfer: the source model, a Model artifact of this project or the '
                            '--output-dir of a source pipeline run (its latest blessed model, taken when the run '
                            'starts); the pretrain stage trains beside its frozen copy, warm-started from production')
+  parser.add_argument('--verbose', action='store_true',
+                      help='print the TFX, Beam and TensorFlow logs on the terminal too; they always go to '
+                           'OUTPUT_DIR/logs/run.log, and the terminal shows a line per finished component')
   parser.add_argument('--enable-cache', action='store_true', default=None,
                       help='reuse the outputs of components whose inputs and settings did not change since an '
                            'earlier run in OUTPUT_DIR (a re-run after a failed run); off by default')
@@ -515,15 +518,39 @@ def run_pipeline(config) -> dict:
   """Runs the pipeline with LocalDagRunner and returns the report; a pushed version gets its TF Serving
   warm-up requests, models.config and batching parameters (serving/publish.py)."""
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+  from pipeline.console import component_lines  # pylint: disable=g-import-not-at-top
   from pipeline.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
   from pipeline.report import write_report  # pylint: disable=g-import-not-at-top
   from serving.publish import publish  # pylint: disable=g-import-not-at-top
 
-  tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+  with component_lines(config):
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
   report = write_report(config)
   if report['pushed_model']:
     publish(config, report['pushed_model'])
   return report
+
+
+def run_once(args) -> int:
+  """The `run` command: one pipeline run, its report printed; 2 when validation stopped it."""
+  from components.anomalies_gate import DataValidationError  # pylint: disable=g-import-not-at-top
+  from pipeline.report import format_table  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  try:
+    config = config_from_args(args)
+  except ValueError as error:
+    raise SystemExit(f'run: {error}') from error
+  try:
+    report = run_pipeline(config)
+  except DataValidationError as error:
+    print(f'\nRun stopped before training.\n{error}', file=sys.stderr)
+    return 2
+  print('\n' + format_table(report))
+  print(f'\nreport: {os.path.join(config.output_dir, "report.html")} (and report.json)  '
+        f'wall time: {time.time() - start:.0f} s')
+  return 0
+
 
 
 def main(argv=None) -> int:
@@ -544,24 +571,12 @@ def main(argv=None) -> int:
     return serve_model(args)
   if args.command == 'compile':
     return compile_pipeline(args)
-  if args.command == 'simulate':
-    return simulate_spans(args)
-  from components.anomalies_gate import DataValidationError  # pylint: disable=g-import-not-at-top
-  from pipeline.report import format_table  # pylint: disable=g-import-not-at-top
+  from pipeline.console import logs_to_file  # pylint: disable=g-import-not-at-top
 
-  start = time.time()
-  try:
-    config = config_from_args(args)
-  except ValueError as error:
-    raise SystemExit(f'run: {error}') from error
-  try:
-    report = run_pipeline(config)
-  except DataValidationError as error:
-    print(f'\nRun stopped before training.\n{error}', file=sys.stderr)
-    return 2
-  print('\n' + format_table(report))
-  print(f'\nreport: {os.path.join(config.output_dir, "report.json")}  wall time: {time.time() - start:.0f} s')
-  return 0
+  with logs_to_file(os.path.abspath(args.output_dir), args.verbose) as log_file:
+    status = simulate_spans(args) if args.command == 'simulate' else run_once(args)
+  print(f'logs: {log_file}')
+  return status
 
 
 if __name__ == '__main__':

@@ -68,7 +68,7 @@ class ThroughputLogger(tf_keras.callbacks.Callback):
     rate = self.examples_per_epoch / (self._train_seconds or time.perf_counter() - self._start)
     self.rates.append(rate)
     metrics = ' '.join(f'{k}={v:.4f}' for k, v in (logs or {}).items())
-    _LOG.info('epoch %d: %.0f training examples/s %s', epoch + 1, rate, metrics)
+    _LOG.info('epoch %d/%d: %.0f training examples/s %s', epoch + 1, self.params['epochs'], rate, metrics)
 
 
 class BestValidationWeights(tf_keras.callbacks.Callback):

@@ -282,6 +282,7 @@ def run_cell(cell: Cell, training: Training, output_dir: str) -> dict:
   shutil.rmtree(run_dir, ignore_errors=True)  # left by an interrupted attempt: start from an empty store
   os.makedirs(folder, exist_ok=True)
   command = [sys.executable, TFX_RUNNER, 'run', '--data-path', data_path, '--output-dir', run_dir,
+             '--verbose',  # the cell's log keeps the pipeline's logs
              '--backbone', cell.backbone, '--seed', str(cell.seed), *training.flags(),
              *[f'--challenger={challenger}' for challenger in cell.challengers]]
   with open(log_path, 'w') as log:

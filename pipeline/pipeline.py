@@ -103,7 +103,8 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
   validator = tfx.components.ExampleValidator(statistics=statistics.outputs['statistics'],
                                               schema=schema.outputs['schema'])
   anomalies_gate = AnomaliesGate(anomalies=validator.outputs['anomalies'],
-                                 statistics=statistics.outputs['statistics'], schema_hint=config.schema_path)
+                                 statistics=statistics.outputs['statistics'], schema_hint=config.schema_path,
+                                 labels=','.join(sorted(set(task_labels(config).values()))))
 
   transform = tfx.components.Transform(
       examples=examples.outputs['examples'], schema=schema.outputs['schema'], preprocessing_fn=PREPROCESSING_FN,

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from components.promotion_gate import CANDIDATE, PRETRAINED, PRODUCTION, read_evaluation
@@ -22,22 +23,39 @@ RELIABILITY_PLOT_FILE = 'reliability.png'
 Z95 = 1.959964  # a displayed interval is the figure +- Z95 standard errors (the gate decides on its own levels)
 
 
+def _latest_run(config: PipelineConfig):
+  """(the metadata store, the pipeline's most recent run context, {node id: its context})."""
+  store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(config.metadata_path))
+  run = max(store.get_contexts_by_type('pipeline_run'), key=lambda c: c.id)
+  prefix = f'{config.pipeline_name}.'
+  nodes = {node.name[len(prefix):]: node for node in store.get_contexts_by_type('node')
+           if node.name.startswith(prefix)}
+  return store, run, nodes
+
+
 def latest_run_artifacts(config: PipelineConfig) -> Dict[str, Dict[str, List]]:
   """{node id: {artifact type name: [artifacts]}} for the pipeline's most recent run."""
-  connection = metadata.sqlite_metadata_connection_config(config.metadata_path)
-  store = metadata_store.MetadataStore(connection)
-  run = max(store.get_contexts_by_type('pipeline_run'), key=lambda c: c.id)
+  store, run, nodes = _latest_run(config)
   in_run = {a.id for a in store.get_artifacts_by_context(run.id)}
   types = {t.id: t.name for t in store.get_artifact_types()}
   by_node = collections.defaultdict(lambda: collections.defaultdict(list))
-  for node in store.get_contexts_by_type('node'):
-    prefix = f'{config.pipeline_name}.'
-    if not node.name.startswith(prefix):
-      continue
+  for node_id, node in nodes.items():
     for artifact in store.get_artifacts_by_context(node.id):
       if artifact.id in in_run:
-        by_node[node.name[len(prefix):]][types[artifact.type_id]].append(artifact)
+        by_node[node_id][types[artifact.type_id]].append(artifact)
   return by_node
+
+
+def component_times(config: PipelineConfig) -> List[dict]:
+  """Every component execution of the pipeline's most recent run, in the order they started: the component,
+  its wall time in seconds and its state (COMPLETE, CACHED, FAILED, ...)."""
+  store, run, nodes = _latest_run(config)
+  in_run = {e.id for e in store.get_executions_by_context(run.id)}
+  executions = [(node_id, e) for node_id, node in nodes.items() for e in store.get_executions_by_context(node.id)
+                if e.id in in_run]
+  return [{'component': node_id, 'seconds': (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000,
+           'state': metadata_store_pb2.Execution.State.Name(e.last_known_state)}
+          for node_id, e in sorted(executions, key=lambda pair: pair[1].create_time_since_epoch)]
 
 
 def _single(by_node, node: str, type_name: str):
@@ -137,6 +155,7 @@ def build_report(config: PipelineConfig) -> dict:
   overall = click['overall']
   pushed = _single(by_node, 'Pusher', 'PushedModel')
   is_pushed = bool(pushed and pushed.custom_properties['pushed'].int_value)
+  pushed_model = pushed.custom_properties['pushed_destination'].string_value if is_pushed else None
   return {
       'split': gate['split'],
       'domains': domains,
@@ -154,19 +173,25 @@ def build_report(config: PipelineConfig) -> dict:
       'blessed': gate['blessed'],
       'gate_rule': ','.join(task['rule'] for task in tasks.values()),
       'gate_reasons': [reason for task in tasks.values() for reason in task['reasons']],
-      'pushed_model': pushed.custom_properties['pushed_destination'].string_value if is_pushed else None,
+      'pushed_model': pushed_model,
+      'pushed_version': os.path.basename(pushed_model) if pushed_model else None,
+      'components': component_times(config),
       **({'tasks': tasks} if config.head else {}),
   }
 
 
-def _number(value: Optional[float], spec: str = '.4f') -> str:
-  return '-' if value is None else format(value, spec)
+NOT_COMPUTED = 'n/a'  # a figure the data cannot give (a single class, an empty domain): never a crash
 
 
-def _with_interval(value: Optional[float], interval: Optional[List[float]]) -> str:
-  """'0.7349 ±0.0081' (the 95% interval's half-width), '-' when missing."""
+def format_number(value: Optional[float], spec: str = '.4f') -> str:
+  """`value` in `spec`, 'n/a' when it could not be computed."""
+  return NOT_COMPUTED if value is None else format(value, spec)
+
+
+def format_with_interval(value: Optional[float], interval: Optional[List[float]]) -> str:
+  """'0.7349 ±0.0081' (the 95% interval's half-width), 'n/a' when it could not be computed."""
   if value is None:
-    return '-'
+    return NOT_COMPUTED
   return f'{value:.4f} ±{(interval[1] - interval[0]) / 2:.4f}' if interval else f'{value:.4f}'
 
 
@@ -182,45 +207,52 @@ def format_table(report: dict) -> str:
   lines = [f'{report["split"]} split, 95% intervals', header, '-' * len(header)]
   for row in report['domains']:
     lines.append(f'{row["domain"]:<16}{row["train_examples"]:>8}{row["test_examples"]:>7}'
-                 f'{_with_interval(row["auc_pretrain"], row["auc_pretrain_ci"]):>17}'
-                 f'{_with_interval(row["auc_finetune"], row["auc_finetune_ci"]):>17}'
-                 f'{_number(_delta(row["auc_finetune"], row["auc_pretrain"]), "+.4f"):>9}'
-                 f'{_number(row["logloss"]):>9}{_number(row["constant_logloss"]):>8}'
-                 f'{_number(row["calibration"], ".2f"):>7}')
+                 f'{format_with_interval(row["auc_pretrain"], row["auc_pretrain_ci"]):>17}'
+                 f'{format_with_interval(row["auc_finetune"], row["auc_finetune_ci"]):>17}'
+                 f'{format_number(_delta(row["auc_finetune"], row["auc_pretrain"]), "+.4f"):>9}'
+                 f'{format_number(row["logloss"]):>9}{format_number(row["constant_logloss"]):>8}'
+                 f'{format_number(row["calibration"], ".2f"):>7}')
   lines.append('-' * len(header))
   for name in ('auc', 'wauc'):
     before, after = report[f'{name}_pretrain'], report[f'{name}_finetune']
     lines.append(f'{name.upper() + " (all domains)":<31}'
-                 f'{_with_interval(before, report[f"{name}_pretrain_ci"]):>17}'
-                 f'{_with_interval(after, report[f"{name}_finetune_ci"]):>17}'
-                 f'{_number(_delta(after, before), "+.4f"):>9}')
-  lines.append(f'log loss {_number(report["logloss_finetune"])} (predicting the click rate: '
-               f'{_number(report["constant_logloss"])}), calibration '
-               f'{_number(report["calibration_finetune"], ".3f")}')
+                 f'{format_with_interval(before, report[f"{name}_pretrain_ci"]):>17}'
+                 f'{format_with_interval(after, report[f"{name}_finetune_ci"]):>17}'
+                 f'{format_number(_delta(after, before), "+.4f"):>9}')
+  lines.append(f'log loss {format_number(report["logloss_finetune"])} (predicting the click rate: '
+               f'{format_number(report["constant_logloss"])}), calibration '
+               f'{format_number(report["calibration_finetune"], ".3f")}')
   production = report['production']
   if production:
     change = production['wauc_change']
     interval = f' [{change["ci"][0]:+.4f}, {change["ci"][1]:+.4f}]' if change and change['ci'] else ''
-    lines.append(f'vs production: WAUC {_number(production["wauc"])} -> {_number(report["wauc_finetune"])}, '
-                 f'change {_number(change and change["value"], "+.4f")}{interval}')
+    lines.append(f'vs production: WAUC {format_number(production["wauc"])} -> '
+                 f'{format_number(report["wauc_finetune"])}, '
+                 f'change {format_number(change and change["value"], "+.4f")}{interval}')
   else:
     lines.append('vs production: none yet (first run)')
   for task, values in report.get('tasks', {}).items():  # a multi-task model: every task output's AUC
-    lines.append(f'task {task}: AUC {_number(values["overall"]["pretrain"].get("auc"))} -> '
-                 f'{_number(values["overall"]["finetune"].get("auc"))}, gate {values["rule"]}')
+    lines.append(f'task {task}: AUC {format_number(values["overall"]["pretrain"].get("auc"))} -> '
+                 f'{format_number(values["overall"]["finetune"].get("auc"))}, gate {values["rule"]}')
   lines.append(f'gate: {"promoted" if report["blessed"] else "not promoted"} ({report["gate_rule"]})')
   lines.append(f'blessed: {report["blessed"]}')
   lines.append(f'pushed model: {report["pushed_model"] or "none (not blessed)"}')
   return '\n'.join(lines)
 
 
-def plot_domain_auc(report: dict, path: str) -> str:
-  """Per-domain test AUC before and after fine-tuning, with 95% intervals."""
+def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_domain_auc(report: dict, path) -> None:
+  """Per-domain test AUC before and after fine-tuning, with 95% intervals, as PNG to `path` (a file name or a
+  binary file)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  plt = _pyplot()
   rows = report['domains']
   positions = np.arange(len(rows))
   fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
@@ -233,12 +265,12 @@ def plot_domain_auc(report: dict, path: str) -> str:
   values = [r[k] for r in rows for k in ('auc_pretrain', 'auc_finetune') if r[k] is not None]
   ax.set_ylim(max(0.0, min(values) - 0.1) if values else 0.0, 1.0)
   ax.set_ylabel(f'AUC ({report["split"]} split, 95% interval)')
-  ax.set_title(f'Per-domain AUC; WAUC {_number(report["wauc_pretrain"])} -> {_number(report["wauc_finetune"])}')
+  ax.set_title(f'Per-domain AUC; WAUC {format_number(report["wauc_pretrain"])} -> '
+               f'{format_number(report["wauc_finetune"])}')
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-  return path
 
 
 def plot_reliability(report: dict, path: str) -> str:
@@ -254,7 +286,7 @@ def plot_reliability(report: dict, path: str) -> str:
   rows = -(-len(panels) // columns)
   fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
   for ax, (title, figures) in zip(axes.flat, panels):
-    curves = {stage: figures[f'reliability_{stage}'] or [] for stage in ('pretrain', 'finetune')}
+    curves = {stage: figures.get(f'reliability_{stage}') or [] for stage in ('pretrain', 'finetune')}
     top = max([b[k] for bins in curves.values() for b in bins for k in ('mean_prediction', 'observed_rate')] + [0.1])
     ax.plot([0, top], [0, top], color='grey', linewidth=0.8)
     for stage, label in (('pretrain', 'pretrained backbone'), ('finetune', '+ MLoRA')):
@@ -274,9 +306,14 @@ def plot_reliability(report: dict, path: str) -> str:
 
 
 def write_report(config: PipelineConfig) -> dict:
+  """Writes report.json, the per-domain AUC plot and report.html (pipeline/report_html.py) into the output
+  folder; returns the report."""
+  from pipeline import report_html  # pylint: disable=g-import-not-at-top  # it renders this module's figures
+
   report = build_report(config)
   with open(os.path.join(config.output_dir, REPORT_FILE), 'w') as f:
     json.dump(report, f, indent=2)
   plot_domain_auc(report, os.path.join(config.output_dir, PLOT_FILE))
   plot_reliability(report, os.path.join(config.output_dir, RELIABILITY_PLOT_FILE))
+  report_html.write_html(config, report)
   return report

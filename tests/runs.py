@@ -42,7 +42,8 @@ SHARED_SETTINGS = dict(TINY, seed=SHARED_SEED, challengers=(SHARED_CHALLENGER,),
 
 class SharedRun:
   """The shared run's paths and what it wrote: the output folder (`output_dir`), the data root with its
-  contract and `span-1/` (`data_root`, `span`), the report, the pushed version and simulate's output."""
+  contract and `span-1/` (`data_root`, `span`), the report, the pushed version and what simulate printed on
+  stdout (`printed`) and stderr (`printed_errors`)."""
 
   def __init__(self, folder: str):
     self.folder = folder
@@ -55,6 +56,8 @@ class SharedRun:
       self.report = json.load(f)
     with open(os.path.join(folder, 'simulate.out')) as f:
       self.printed = f.read()
+    with open(os.path.join(folder, 'simulate.err')) as f:
+      self.printed_errors = f.read()
     self.model_base = os.path.join(self.output_dir, 'serving', 'ctr')
     self.serving_root = os.path.dirname(self.model_base)
     self.version = ready_versions(self.model_base)[-1]
@@ -88,13 +91,15 @@ class SharedRun:
 
 
 def build_shared_run(folder: str) -> None:
-  """Runs `tfx_runner.py simulate` for the shared run into `folder/out`, its printed output kept beside."""
-  printed = io.StringIO()
-  with contextlib.redirect_stdout(printed):
+  """Runs `tfx_runner.py simulate` for the shared run into `folder/out`, what it printed on stdout and stderr
+  kept beside."""
+  printed, printed_errors = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed_errors):
     status = tfx_runner.main(SHARED_RUN + ['--output-dir', os.path.join(folder, 'out')])
-  with open(os.path.join(folder, 'simulate.out'), 'w') as f:
-    f.write(printed.getvalue())
-  assert status == 0, printed.getvalue()
+  for name, text in (('simulate.out', printed), ('simulate.err', printed_errors)):
+    with open(os.path.join(folder, name), 'w') as f:
+      f.write(text.getvalue())
+  assert status == 0, printed.getvalue() + printed_errors.getvalue()
 
 
 def built_once(folder: str, build: Callable[[str], None]) -> str:
@@ -127,13 +132,16 @@ def run_cli(output_dir, data_dir=None, extra=()) -> int:
   return tfx_runner.main(args)
 
 
-def write_split(frame: pd.DataFrame, data_dir, shuffle_train_labels=False) -> None:
-  """Fixed train/eval/test folders (60/20/20, in row order), the curated schema's data."""
+def write_split(frame: pd.DataFrame, data_dir, shuffle_train_labels=False, no_train_clicks=False) -> None:
+  """Fixed train/eval/test folders (60/20/20, in row order), the curated schema's data; the train split's labels
+  shuffled, or every one 0 (`no_train_clicks`), on request."""
   cuts = [int(len(frame) * 0.6), int(len(frame) * 0.8)]
   train, evaluation, test = frame.iloc[:cuts[0]].copy(), frame.iloc[cuts[0]:cuts[1]], frame.iloc[cuts[1]:]
   if shuffle_train_labels:
     train['click'] = np.random.default_rng(0).permutation(train['click'].to_numpy())
-    train['conversion'] = train['click'] * train['conversion']
+  if no_train_clicks:
+    train['click'] = 0
+  train['conversion'] = train['click'] * train['conversion']
   for split, part in (('train', train), ('eval', evaluation), ('test', test)):
     synthetic.write_csv(part, str(data_dir / split))
 

@@ -32,6 +32,7 @@ def test_components_in_order(tmp_path):
 def test_wiring(tmp_path):
   components = {c.id: c for c in create_pipeline(_config(tmp_path)).components}
   assert 'AnomaliesGate' in {c.id for c in components['Transform'].upstream_nodes}
+  assert components['AnomaliesGate'].exec_properties['labels'] == 'click'  # a single class stops the run
   finetune = components['FinetuneTrainer']
   assert finetune.inputs['base_model'].producer_component_id == 'PretrainTrainer'
   assert finetune.exec_properties['run_fn'] == 'models.trainer.finetune_run_fn'

@@ -4,6 +4,7 @@ scenarios as a full pipeline run of its own (the `slow` tests)."""
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -21,8 +22,8 @@ from data import synthetic
 from models import trainer
 from models.trainer import export_serving_model, keras_model_path
 from pipeline import lineage
-from pipeline.config import LOCAL_BEAM_ARGS
-from pipeline.pipeline import promotion_settings, trainer_id
+from pipeline.config import LOCAL_BEAM_ARGS, PipelineConfig
+from pipeline.pipeline import example_gen, promotion_settings, trainer_id
 import schemas
 from tests import runs
 
@@ -218,10 +219,75 @@ def test_bad_input_is_refused_naming_the_field(case, field, tmp_path):
   assert 'schema' in message  # says how to fix it
 
 
-def _assert_stopped_before_training(status, output_dir, message, field):
+def _label_problems(frame: pd.DataFrame, data_dir) -> list:
+  """StatisticsGen's statistics (TFDV's) of `frame` as the train split: its schema problems must be none (0 is
+  a valid click), and the AnomaliesGate's label check's lines are returned."""
+  statistics = tfdv.generate_statistics_from_csv(synthetic.write_csv(frame, str(data_dir)))
+  anomalies = tfdv.validate_statistics(statistics, schemas.load_schema(schemas.DEFAULT_SCHEMA_PATH))
+  assert anomalies_gate.find_problems('train', statistics, anomalies) == []
+  return anomalies_gate.single_class_labels('train', statistics, ['click'])
+
+
+def test_a_single_class_label_is_refused_naming_the_field_and_the_split(tmp_path):
+  frame = synthetic.generate(1500, seed=4)
+  assert _label_problems(frame, tmp_path / 'clicks') == []
+  problems = _label_problems(frame.assign(click=0, conversion=0), tmp_path / 'no_clicks')
+  message = str(anomalies_gate.validation_error([], schemas.DEFAULT_SCHEMA_PATH, problems))
+  assert "[train] label 'click' has one class only (every value is 0)" in message
+  assert 'both classes' in message and 'export of the train data' in message  # says how to fix it
+
+
+def test_a_byte_order_mark_is_named_with_its_fix(tmp_path):
+  """A CSV file saved with a UTF-8 byte-order mark, through TFDV's statistics and validation and the gate."""
+  path = synthetic.write_csv(synthetic.generate(300, seed=4), str(tmp_path / 'data'))
+  with open(path, 'rb') as f:
+    content = f.read()
+  with open(path, 'wb') as f:
+    f.write(b'\xef\xbb\xbf' + content)
+  statistics = tfdv.generate_statistics_from_csv(path)
+  anomalies = tfdv.validate_statistics(statistics, schemas.load_schema(schemas.DEFAULT_SCHEMA_PATH))
+  message = str(anomalies_gate.validation_error(anomalies_gate.find_problems('train', statistics, anomalies),
+                                                schemas.DEFAULT_SCHEMA_PATH))
+  assert 'byte-order mark' in message and "first column name 'domain'" in message
+  assert 'UTF-8 without a BOM' in message  # the fix
+
+
+def _write_flat_layout(data_dir) -> None:
+  """The README's flat layout: the CSV file directly in the data folder, beside the files describing it."""
+  synthetic.write_csv(synthetic.generate(1500, seed=4), str(data_dir))
+  synthetic.FEATURE_SPEC.save(str(data_dir))
+  shutil.copy(schemas.DEFAULT_SCHEMA_PATH, os.path.join(data_dir, schemas.SCHEMA_FILE))
+
+
+def test_the_flat_layout_reads_only_the_data_file(tmp_path):
+  """The pipeline's CsvExampleGen, run for real on the flat layout: every CSV row, and nothing else, lands in
+  its train, eval and test splits."""
+  data_dir = tmp_path / 'data'
+  _write_flat_layout(data_dir)
+  config = PipelineConfig(data_path=str(data_dir), schema_path=schemas.DEFAULT_SCHEMA_PATH,
+                          output_dir=str(tmp_path / 'out'), feature_spec=synthetic.FEATURE_SPEC)
+  tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+      pipeline_name='flat-layout', pipeline_root=config.pipeline_root, components=[example_gen(config)],
+      beam_pipeline_args=list(LOCAL_BEAM_ARGS),
+      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+  examples = glob.glob(os.path.join(config.pipeline_root, 'CsvExampleGen', 'examples', '*', 'Split-*', '*'))
+  rows = sum(1 for _ in tf.data.TFRecordDataset(examples, compression_type='GZIP'))
+  assert {os.path.basename(os.path.dirname(path)) for path in examples} == {'Split-train', 'Split-eval', 'Split-test'}
+  assert rows == 1500
+
+
+@pytest.mark.slow
+def test_the_flat_layout_runs_end_to_end(tmp_path):
+  data_dir, output_dir = tmp_path / 'data', tmp_path / 'out'
+  _write_flat_layout(data_dir)
+  assert runs.run_cli(output_dir, data_dir) == 0
+  assert (output_dir / 'report.json').exists()
+
+
+def _assert_stopped_before_training(status, output_dir, message, field, fix='schema'):
   assert status == 2
   assert 'Run stopped before training' in message and field in message
-  assert 'schema' in message  # says how to fix it
+  assert fix in message  # says how to fix it
   pipeline_root = output_dir / 'pipeline_root'
   assert not (pipeline_root / 'Transform').exists()
   assert not (pipeline_root / 'PretrainTrainer').exists()
@@ -243,3 +309,13 @@ def test_each_bad_input_stops_its_run_before_training(case, field, tmp_path, cap
   synthetic.write_csv(_corrupt(synthetic.generate(1500, seed=4), case), str(data_dir))
   status = runs.run_cli(output_dir, data_dir)
   _assert_stopped_before_training(status, output_dir, capsys.readouterr().err, field)
+
+
+@pytest.mark.slow
+def test_a_single_class_train_label_stops_its_run_before_training(tmp_path, capsys):
+  data_dir, output_dir = tmp_path / 'data', tmp_path / 'out'
+  runs.write_split(synthetic.generate(1500, seed=4), data_dir, no_train_clicks=True)
+  status = runs.run_cli(output_dir, data_dir)
+  message = capsys.readouterr().err
+  _assert_stopped_before_training(status, output_dir, message, "[train] label 'click'", fix='both classes')
+  assert '[eval]' not in message and '[test]' not in message
