@@ -32,29 +32,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import apache_beam as beam  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-import tensorflow_transform.beam as tft_beam  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
-from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: E402
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io  # noqa: E402
 from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
-from tfx_bsl.coders import example_coder  # noqa: E402
-from tfx_bsl.public import tfxio  # noqa: E402
 
+from benchmarks import in_process  # noqa: E402
 from data import synthetic  # noqa: E402
 from models import metrics  # noqa: E402
-from models import preprocessing  # noqa: E402
 from models import trainer  # noqa: E402
-from pipeline.config import LOCAL_BEAM_ARGS, PipelineConfig  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
 from serving import signatures  # noqa: E402
 
 SPEC = synthetic.FEATURE_SPEC
-SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'schemas', 'synthetic_clicks',
-                      'schema.pbtxt')
 SPLITS = {'train': 0.6, 'eval': 0.2, 'test': 0.2}
 UNSEEN_DOMAIN = 'a_domain_never_seen'
 UNSEEN_ITEM_COLUMN, UNSEEN_ITEM = 'item_id', 10 ** 9  # an item id outside the data: the OOV row
@@ -78,68 +67,6 @@ def split(frame, seed: int = 0):
   bounds[-1] = len(frame)
   return {name: frame.iloc[order[bounds[i]:bounds[i + 1]]].reset_index(drop=True)
           for i, name in enumerate(SPLITS)}
-
-
-def serialize(frame) -> list:
-  """The rows as serialized tf.Examples, one value per feature, as CsvExampleGen writes them."""
-  arrays = []
-  for column in frame.columns:
-    values = frame[column].to_numpy()
-    values = values.astype(bytes) if values.dtype == object else (
-        values.astype(np.float32) if values.dtype.kind == 'f' else values.astype(np.int64))
-    arrays.append(pa.ListArray.from_arrays(np.arange(len(values) + 1, dtype=np.int32), pa.array(values)))
-  return example_coder.RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(arrays, list(frame.columns)))
-
-
-def load_schema():
-  with open(SCHEMA) as f:
-    return text_format.Parse(f.read(), schema_pb2.Schema())
-
-
-def run_transform(train_examples, transform_config: dict, output_dir: str):
-  """Analyzes `preprocessing_fn` on the train split's serialized examples and writes the transform graph to
-  `output_dir` (what the Transform component's `transform_graph` holds); its TFTransformOutput."""
-  source = tfxio.TFExampleBeamRecord(physical_format='inmem', telemetry_descriptors=['calibration'],
-                                     schema=load_schema())
-  custom_config = {'feature_spec': SPEC.to_dict(), **transform_config}
-
-  def preprocessing_fn(inputs):
-    return preprocessing.preprocessing_fn(inputs, custom_config)
-
-  with beam.Pipeline(argv=list(LOCAL_BEAM_ARGS)) as pipeline, tft_beam.Context(
-      temp_dir=os.path.join(output_dir, 'tmp')):
-    raw = pipeline | beam.Create(train_examples, reshuffle=False) | source.BeamSource()
-    transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(preprocessing_fn)
-    _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
-  metadata_io.write_metadata(dataset_metadata.DatasetMetadata(load_schema()),
-                             os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
-  return tft.TFTransformOutput(output_dir)
-
-
-def transform_split(examples, tf_transform_output, batch_size: int = 8192) -> dict:
-  """Every example of a split through the transform graph, as numpy columns (Transform's transformed
-  examples)."""
-  layer = tf_transform_output.transform_features_layer()
-  raw_spec = tf_transform_output.raw_feature_spec()
-  transform = tf.function(lambda serialized: layer(tf.io.parse_example(serialized, raw_spec)))
-  parts = [transform(tf.constant(examples[i:i + batch_size])) for i in range(0, len(examples), batch_size)]
-  return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
-
-
-class InMemoryAccessor:
-  """The piece of TFX's DataAccessor that the Trainer's `input_fn` uses, over transformed columns held in
-  memory: `files` maps a split's "file pattern" to its columns."""
-
-  def __init__(self, files: dict):
-    self.files = files
-
-  def tf_dataset_factory(self, file_pattern, options, schema):
-    del schema
-    dataset = tf.data.Dataset.from_tensor_slices(self.files[file_pattern])
-    if options.shuffle:
-      dataset = dataset.shuffle(100_000, seed=options.shuffle_seed)
-    dataset = dataset.repeat(options.num_epochs)
-    return dataset.batch(options.batch_size)
 
 
 def train_stage(stage: str, config: PipelineConfig, accessor, transform_dir: str, model_dir: str,
@@ -197,15 +124,15 @@ def cached_transform(key: str, transform_config: dict, examples: dict, work_dir:
   if not os.path.exists(columns_path):
     shutil.rmtree(transform_dir, ignore_errors=True)
     start = time.time()
-    tf_transform_output = run_transform(examples['train'], transform_config, transform_dir)
+    tf_transform_output = in_process.analyze(examples['train'], transform_config, transform_dir)
     columns = {f'{name}/{k}': v for name in ('train', 'eval')
-               for k, v in transform_split(examples[name], tf_transform_output).items()}
+               for k, v in in_process.transform(examples[name], tf_transform_output).items()}
     np.savez(columns_path, **columns)
     print(f'transform {transform_config}: {time.time() - start:.0f} s', flush=True)
   columns = np.load(columns_path)
   files = {name: {k.split('/', 1)[1]: columns[k] for k in columns.files if k.startswith(name + '/')}
            for name in ('train', 'eval')}
-  return transform_dir, InMemoryAccessor(files)
+  return transform_dir, in_process.InMemoryAccessor(files)
 
 
 def parse_setting(text: str):
@@ -241,11 +168,12 @@ def main(argv=None):
     logging.getLogger(trainer.__name__).setLevel(logging.INFO)
 
   frames = split(synthetic.generate(args.rows, seed=0))
-  examples = {name: serialize(frame) for name, frame in frames.items()}
+  examples = {name: in_process.serialize(frame) for name, frame in frames.items()}
   test = frames['test']
   labels, domains = test[SPEC.label].to_numpy(), test[SPEC.domain].to_numpy()
-  probes = {'known': examples['test'], 'unknown_domain': serialize(test.assign(**{SPEC.domain: UNSEEN_DOMAIN})),
-            'unseen_item': serialize(test.assign(**{UNSEEN_ITEM_COLUMN: UNSEEN_ITEM}))}
+  probes = {'known': examples['test'],
+            'unknown_domain': in_process.serialize(test.assign(**{SPEC.domain: UNSEEN_DOMAIN})),
+            'unseen_item': in_process.serialize(test.assign(**{UNSEEN_ITEM_COLUMN: UNSEEN_ITEM}))}
 
   results = []
   for variant in args.variants:

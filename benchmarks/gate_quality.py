@@ -178,80 +178,14 @@ def split(frame: pd.DataFrame, probability: np.ndarray, seed: int) -> Dict[str, 
 
 # --- Transform ------------------------------------------------------------------------------------------
 
-def serialize(frame: pd.DataFrame) -> List[bytes]:
-  """The rows as serialized tf.Examples, one value per feature, as CsvExampleGen writes them."""
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top
-  from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
-  arrays = []
-  for column in frame.columns:
-    values = frame[column].to_numpy()
-    values = values.astype(bytes) if values.dtype == object else (
-        values.astype(np.float32) if values.dtype.kind == 'f' else values.astype(np.int64))
-    arrays.append(pa.ListArray.from_arrays(np.arange(len(values) + 1, dtype=np.int32), pa.array(values)))
-  return example_coder.RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(arrays, list(frame.columns)))
-
-
-def analyze(train_examples: Sequence[bytes], transform_config: dict, output_dir: str):
-  """The Transform component's graph: the project's `preprocessing_fn` analyzed on the train split (Beam, in
-  memory), written to `output_dir` (reused when it is there); its TFTransformOutput."""
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
-  import tensorflow_transform.beam as tft_beam  # pylint: disable=g-import-not-at-top
-  from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io  # pylint: disable=g-import-not-at-top
-  from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
-  import schemas  # pylint: disable=g-import-not-at-top
-  from models import preprocessing  # pylint: disable=g-import-not-at-top
-  from pipeline.config import LOCAL_BEAM_ARGS  # pylint: disable=g-import-not-at-top
-
-  done = os.path.join(output_dir, 'DONE')
-  if not os.path.exists(done):
-    schema = schemas.load_schema(schemas.DEFAULT_SCHEMA_PATH)
-    source = tfxio.TFExampleBeamRecord(physical_format='inmem', telemetry_descriptors=['gate_quality'], schema=schema)
-
-    def preprocessing_fn(inputs):
-      return preprocessing.preprocessing_fn(inputs, transform_config)
-
-    with beam.Pipeline(argv=list(LOCAL_BEAM_ARGS)) as pipeline, tft_beam.Context(
-        temp_dir=os.path.join(output_dir, 'tmp')):
-      raw = pipeline | beam.Create(list(train_examples), reshuffle=False) | source.BeamSource()
-      transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(preprocessing_fn)
-      _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
-    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
-                               os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
-    open(done, 'w').close()
-  return tft.TFTransformOutput(output_dir)
-
-
-def transform(frame: pd.DataFrame, tf_transform_output, batch_size: int = 8192) -> Dict[str, np.ndarray]:
-  """The rows through the transform graph (parsed from serialized tf.Examples, as the Trainer's and the
-  serving path's), as numpy columns: Transform's transformed examples."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  layer = tf_transform_output.transform_features_layer()
-  raw_spec = tf_transform_output.raw_feature_spec()
-  apply = tf.function(lambda serialized: layer(tf.io.parse_example(serialized, raw_spec)))
-  examples = serialize(frame)
-  parts = [apply(tf.constant(examples[i:i + batch_size])) for i in range(0, len(examples), batch_size)]
-  return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
+def transformed(frame: pd.DataFrame, tf_transform_output) -> Dict[str, np.ndarray]:
+  """The rows as Transform's transformed examples (serialized as CsvExampleGen writes them, then parsed)."""
+  from benchmarks import in_process  # pylint: disable=g-import-not-at-top
+  return in_process.transform(in_process.serialize(frame), tf_transform_output)
 
 
 def take(columns: Dict[str, np.ndarray], rows: np.ndarray) -> Dict[str, np.ndarray]:
   return {k: v[rows] for k, v in columns.items()}
-
-
-class InMemoryAccessor:
-  """The piece of TFX's DataAccessor the Trainer's `input_fn` uses, over transformed columns in memory:
-  `files` maps a split's "file pattern" to its columns."""
-
-  def __init__(self, files: Dict[str, Dict[str, np.ndarray]]):
-    self.files = files
-
-  def tf_dataset_factory(self, file_pattern, options, schema):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    del schema
-    dataset = tf.data.Dataset.from_tensor_slices(self.files[file_pattern])
-    if options.shuffle:
-      dataset = dataset.shuffle(100_000, seed=options.shuffle_seed)
-    return dataset.repeat(options.num_epochs).batch(options.batch_size)
 
 
 # --- Models ---------------------------------------------------------------------------------------------
@@ -333,17 +267,18 @@ class Data:
   @classmethod
   def build(cls, rows: int, seed: int, fresh_per_domain: int, work_dir: str, transform_config: dict,
             log=print) -> 'Data':
+    from benchmarks import in_process  # pylint: disable=g-import-not-at-top
     frame, probability, world = default_data(rows, seed)
     splits = split(frame, probability, seed)
     start = time.time()
-    tf_transform_output = analyze(serialize(splits['train'][0]), transform_config,
+    tf_transform_output = in_process.analyze(in_process.serialize(splits['train'][0]), transform_config,
                                   os.path.join(work_dir, f'transform-rows{rows}-seed{seed}'))
     log(f'transform graph analyzed on {len(splits["train"][0])} training rows ({time.time() - start:.0f} s)')
     # The truth: the same world, rows the gate never sees, as many of every domain (from another stream).
     fresh, fresh_probability = world.rows(0, np.random.default_rng([seed, 2024]), per_domain=fresh_per_domain)
     start = time.time()
-    columns = {name: transform(part, tf_transform_output) for name, (part, _) in splits.items()}
-    fresh_columns = transform(fresh, tf_transform_output)
+    columns = {name: transformed(part, tf_transform_output) for name, (part, _) in splits.items()}
+    fresh_columns = transformed(fresh, tf_transform_output)
     log(f'transformed {len(frame)} rows and {len(fresh)} fresh rows ({time.time() - start:.0f} s)')
     test, test_probability = splits['test']
     return cls(tf_transform_output, splits['train'][0], columns['train'], columns['eval'], columns['test'],
@@ -356,7 +291,7 @@ class Data:
     columns = self.train
     if recipe.corruption:
       rows, corrupted = Corruption.parse(recipe.corruption).apply(self.train_frame, seed=recipe.seed)
-      replaced = transform(corrupted, self.tf_transform_output)
+      replaced = transformed(corrupted, self.tf_transform_output)
       columns = {k: v.copy() for k, v in columns.items()}
       for k, v in replaced.items():
         columns[k][rows] = v
@@ -382,8 +317,10 @@ class Training:
 
 def train_model(data: Data, training: Training, recipe: Recipe):
   """(Keras model, {best_epoch, validation_auc, steps, rows}): the pretrain stage's model of `recipe`, as
-  models/trainer.py `pretrain_run_fn` trains it (its input_fn, loss, optimizer, epochs, best validation AUC)."""
+  models/trainer.py `pretrain_run_fn` trains it (its input_fn, loss, optimizer, epochs, best validation AUC,
+  calibration)."""
   import tf_keras  # pylint: disable=g-import-not-at-top
+  from benchmarks import in_process  # pylint: disable=g-import-not-at-top
   from models import model as model_lib  # pylint: disable=g-import-not-at-top
   from models import trainer  # pylint: disable=g-import-not-at-top
   from models.preprocessing import vocabulary_sizes  # pylint: disable=g-import-not-at-top
@@ -393,12 +330,12 @@ def train_model(data: Data, training: Training, recipe: Recipe):
   config = pipeline_config.trainer_config('pretrain')
   columns = data.training_columns(recipe)
   tf_keras.utils.set_random_seed(recipe.seed)
-  model_options = {k: config[k] for k in getattr(model_lib, 'MODEL_OPTIONS', ()) if config.get(k) is not None}
+  model_options = {k: config[k] for k in model_lib.MODEL_OPTIONS if config.get(k) is not None}
   model = model_lib.build_model(SPEC, vocabulary_sizes(SPEC, data.tf_transform_output), config['hidden_units'],
                                 config['embedding_dim'], backbone=config['backbone'], adaptation=config['adaptation'],
                                 options={**config['adaptation_options'], **model_options})
   names = list(model.input.keys())
-  accessor = InMemoryAccessor({'train': columns, 'eval': data.eval})
+  accessor = in_process.InMemoryAccessor({'train': columns, 'eval': data.eval})
   batch = config['batch_size']
   train = trainer.input_fn('train', accessor, data.tf_transform_output, SPEC, batch, recipe.seed, names)
   validation = trainer.input_fn('eval', accessor, data.tf_transform_output, SPEC, batch, recipe.seed, names,
@@ -408,6 +345,9 @@ def train_model(data: Data, training: Training, recipe: Recipe):
   epochs, per_epoch = trainer.epoch_plan(steps)
   best = trainer.BestValidationWeights(validation)
   model.fit(train, epochs=epochs, steps_per_epoch=per_epoch, validation_data=validation, callbacks=[best], verbose=0)
+  calibration = model_lib.calibration_layer(model)
+  if calibration is not None:  # the Trainer's last step: per-domain Platt scaling on the validation batches
+    trainer.fit_calibration(model, calibration, validation, SPEC)
   return model, {'best_epoch': best.best_epoch, 'validation_auc': float(best.best), 'steps': steps,
                  'rows': int(len(columns[SPEC.label]))}
 
