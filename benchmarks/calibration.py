@@ -203,9 +203,18 @@ def main(argv=None):
       json.dump({'command': ' '.join(sys.argv), 'results': results}, f, indent=2)
 
 
+def beats_constant(cell: dict) -> bool:
+  """Whether a domain's log loss is below that of predicting its own test click rate."""
+  return cell['logloss'] < cell['constant']
+
+
+def domains_beating_constant(table: dict) -> int:
+  return sum(beats_constant(table[d]) for d in SPEC.domains)
+
+
 def summary_line(result) -> str:
   table, fallback = result['table'], result['fallback']
-  beaten = sum(table[d]['logloss'] < table[d]['constant'] for d in SPEC.domains)
+  beaten = domains_beating_constant(table)
   return (f"{result['variant']} seed {result['seed']} {result['stage']}: WAUC {table['wauc']:.4f} AUC "
           f"{table['all']['auc']:.4f} logloss {table['all']['logloss']:.4f} (constant {table['all']['constant']:.4f}, "
           f"beaten in {beaten}/{len(SPEC.domains)} domains) calibration {table['all']['calibration']:.3f}; unknown "
@@ -247,7 +256,7 @@ def format_report(results, args) -> str:
       line += ''.join(f'{_mean([c["logloss"] for c in cells[v]]):>17}' for v in compared)
       line += f'{first["constant"]:>9.4f}'
       line += ''.join(f'{_mean([c["calibration"] for c in cells[v]]):>17}' for v in compared)
-      beats = ' '.join(f'{sum(c["logloss"] < c["constant"] for c in cells[v])}/{len(cells[v])}' for v in compared)
+      beats = ' '.join(f'{sum(beats_constant(c) for c in cells[v])}/{len(cells[v])}' for v in compared)
       line += f'{beats:>14}'
       lines.append(line)
     lines.append(f'{"WAUC":<28}' + ''.join(
@@ -267,6 +276,46 @@ def format_report(results, args) -> str:
   if ('no_domain', 'pretrain') in runs:
     lines.append('(no_domain: a model trained without the domain, the practical ceiling of a domain-blind score; its '
                  '"unknown" and "known" are the same.)')
+  return '\n'.join(lines)
+
+
+def _markdown_row(cells) -> str:
+  return '| ' + ' | '.join(map(str, cells)) + ' |'
+
+
+def format_markdown(results: dict, seed: int = 0) -> str:
+  """The published figures of a results file (`{'commands': [...], 'results': [records of --json outputs]}`): the
+  fine-tuned per-domain table of `seed` for the compared variants, then for every record (variant, seed, stage)
+  its WAUC, the domains whose log loss beats the constant and the unknown-domain check."""
+  records = {(r['variant'], r['seed'], r['stage']): r for r in results['results']}
+  compared = [v for v in COMPARED if (v, seed, 'finetune') in records]
+  before_after = [v for v in ('before', 'after') if v in compared]
+  tables = {v: records[v, seed, 'finetune']['table'] for v in compared}
+  header = (['domain', 'test rows', 'constant'] + [f'log loss {v}' for v in compared] +
+            [f'ratio {v}' for v in before_after] + [f'AUC {v}' for v in before_after])
+  lines = [f'Fine-tuned model, seed {seed}, test split: log loss against the constant rate (✗: worse than the '
+           'constant), calibration ratio (mean prediction / click rate) and AUC.', '',
+           _markdown_row(header), '|---|' + '---:|' * (len(header) - 1)]
+  for name in SPEC.domains + ['all']:
+    cells = {v: tables[v][name] for v in compared}
+    first = cells[compared[0]]
+    lines.append(_markdown_row(
+        [name, first['count'], f"{first['constant']:.4f}"] +
+        [f"{cells[v]['logloss']:.4f}" + ('' if beats_constant(cells[v]) else ' ✗') for v in compared] +
+        [f"{cells[v]['calibration']:.3f}" for v in before_after] + [f"{cells[v]['auc']:.4f}" for v in before_after]))
+  lines += ['', f'Every run (unknown domain: the same test rows with their domain replaced by {UNSEEN_DOMAIN!r}):', '',
+            _markdown_row(['variant', 'seed', 'stage', 'WAUC', 'log loss beats the constant',
+                           'unknown domain: AUC known / unseen', 'WAUC known / unseen',
+                           'mean prediction / click rate known / unseen']),
+            '|---|---:|---|---:|---:|---:|---:|---:|']
+  for record in results['results']:
+    table, fallback = record['table'], record['fallback']
+    wauc = (f"{fallback['wauc_known']:.4f} / {fallback['wauc_unknown']:.4f}" if 'wauc_known' in fallback else '')
+    lines.append(_markdown_row(
+        [f"`{record['variant']}`", record['seed'], record['stage'], f"{table['wauc']:.4f}",
+         f'{domains_beating_constant(table)}/{len(SPEC.domains)}',
+         f"{fallback['auc_known']:.4f} / {fallback['auc_unknown']:.4f}", wauc,
+         f"{fallback['calibration_known']:.3f} / {fallback['calibration_unknown']:.3f}"]))
   return '\n'.join(lines)
 
 

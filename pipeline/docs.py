@@ -6,11 +6,12 @@ document beside the table):
   docs/benchmarks/NAME/results.jsonl   a `bench` grid's records: results.md, results.json and the plots
                                        are written beside it
   docs/results/NAME.json               any other result: a run's report.json (`report`), a `simulate`
-                                       summary (`simulate`), benchmarks/gate_quality.py's output (`gate`)
+                                       summary (`simulate`), benchmarks/gate_quality.py's output (`gate`),
+                                       benchmarks/calibration.py's --json outputs merged (`calibration`)
 
 In README.md and docs/*.md, each block between `<!-- generated: KIND NAME -->` and `<!-- end generated -->`
 is the rendering of that results file: `bench NAME` the WAUC tables of docs/benchmarks/NAME, `report NAME`,
-`simulate NAME` and `gate NAME` the tables of docs/results/NAME.json.
+`simulate NAME`, `gate NAME` and `calibration NAME` the tables of docs/results/NAME.json.
 """
 import json
 import os
@@ -47,11 +48,17 @@ def _gate_table(name: str) -> str:
   return gate_quality.format_markdown(_json(name))
 
 
+def _calibration_tables(name: str) -> str:
+  from benchmarks import calibration  # pylint: disable=g-import-not-at-top
+  return calibration.format_markdown(_json(name))
+
+
 RENDERERS: Dict[str, Callable[[str], str]] = {
     'bench': _bench_tables,
     'report': lambda name: '```\n' + report_lib.format_table(_json(name)) + '\n```',
     'simulate': lambda name: '```\n' + simulate.format_summary(_json(name)['summaries']) + '\n```',
     'gate': _gate_table,
+    'calibration': _calibration_tables,
 }
 
 
