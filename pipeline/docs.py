@@ -34,7 +34,10 @@ def _json(name: str) -> dict:
 
 
 def _bench_tables(name: str) -> str:
-  summary = bench.summarize(bench.read_records(os.path.join(BENCHMARKS, name, bench.RESULTS_JSONL)))
+  path = os.path.join(BENCHMARKS, name, bench.RESULTS_JSONL)
+  if not os.path.exists(path):  # a grid's absence is an error, not an empty table
+    raise FileNotFoundError(f'No results file {path} for the generated block "bench {name}".')
+  summary = bench.summarize(bench.read_records(path))
   sections = []
   for dataset, table in summary['datasets'].items():
     seeds = sorted({seed for row in table['rows'] for seed in row['seeds']})

@@ -41,6 +41,11 @@ def test_an_unknown_kind_is_refused(results):
     docs.render('<!-- generated: typed table -->\n<!-- end generated -->\n')
 
 
+def test_a_block_without_its_results_file_is_an_error(results):
+  with pytest.raises(FileNotFoundError, match='missing-grid'):
+    docs.render('<!-- generated: bench missing-grid -->\n<!-- end generated -->\n')
+
+
 def test_the_published_tables_are_current():
   """README.md and docs/*.md hold exactly what their results files give (`python tfx_runner.py docs`)."""
   assert docs.generate(check=True) == []
