@@ -9,6 +9,7 @@ import tf_keras
 
 from data import synthetic
 from models import ctnet
+from models import model as model_lib
 from models.layers.transfer import IdLookup
 from models.trainer import keras_model_path
 from pipeline.config import PipelineConfig
@@ -75,7 +76,8 @@ def test_target_run_records_the_source_model_trains_and_pushes(ctnet_run):
       for weight, expected in zip(layer.weights, source.get_layer(layer.name).weights, strict=True):
         np.testing.assert_array_equal(weight.numpy(), expected.numpy())
         compared += 1
-    assert compared == len(source.weights) - len(source.get_layer('logit').weights)
+    after_hidden = [source.get_layer('logit'), model_lib.calibration_layer(source)]
+    assert compared == len(source.weights) - sum(len(layer.weights) for layer in after_hidden if layer)
 
 
 def test_pushed_ctnet_model_serves_raw_examples(ctnet_run):
