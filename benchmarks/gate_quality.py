@@ -323,17 +323,13 @@ def train_model(data: Data, training: Training, recipe: Recipe):
   from benchmarks import in_process  # pylint: disable=g-import-not-at-top
   from models import model as model_lib  # pylint: disable=g-import-not-at-top
   from models import trainer  # pylint: disable=g-import-not-at-top
-  from models.preprocessing import vocabulary_sizes  # pylint: disable=g-import-not-at-top
 
   steps = max(1, int(round(training.steps * recipe.step_share)))
   pipeline_config = training.pipeline_config(recipe.seed, steps)
   config = pipeline_config.trainer_config('pretrain')
   columns = data.training_columns(recipe)
   tf_keras.utils.set_random_seed(recipe.seed)
-  model_options = {k: config[k] for k in model_lib.MODEL_OPTIONS if config.get(k) is not None}
-  model = model_lib.build_model(SPEC, vocabulary_sizes(SPEC, data.tf_transform_output), config['hidden_units'],
-                                config['embedding_dim'], backbone=config['backbone'], adaptation=config['adaptation'],
-                                options={**config['adaptation_options'], **model_options})
+  model = trainer.build_stage_model(config, SPEC, data.tf_transform_output, freeze_backbone=False)
   names = list(model.input.keys())
   accessor = in_process.InMemoryAccessor({'train': columns, 'eval': data.eval})
   batch = config['batch_size']

@@ -299,7 +299,7 @@ def _setup(fn_args):
   assert tf_keras.__version__.startswith('2.'), f'Keras 2 (tf_keras) required, got {tf_keras.__version__}'
   config = fn_args.custom_config
   tf_keras.utils.set_random_seed(config['seed'])
-  # Same seed, same weights: the CPU kernels' deterministic paths cost little (benchmarks/trainer_throughput.py).
+  # Same seed, same weights; what the deterministic kernels cost: benchmarks/trainer_throughput.py --op-determinism.
   tf.config.experimental.enable_op_determinism()
   spec = FeatureSpec.from_dict(config['feature_spec'])
   if config.get('head'):  # DWA re-weighs the tasks once per epoch; PCGrad's task order follows the seed
@@ -309,7 +309,7 @@ def _setup(fn_args):
   return config, spec, tf_transform_output
 
 
-def _build(config, spec, tf_transform_output, freeze_backbone: bool, source_tower=None):
+def build_stage_model(config, spec, tf_transform_output, freeze_backbone: bool, source_tower=None):
   """The stage's model; with a `source_tower`, CTNet's: the same model beside it, adapters between them.
   The model's own settings (`model_lib.MODEL_OPTIONS`: embedding L2, domain dropout, calibration) come from
   `config` when it has them, off otherwise."""
@@ -334,7 +334,7 @@ def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
   Trainer (a source model in `custom_config`), the backbone is CTNet's target tower beside the source model's
   frozen tower (`models.ctnet`); the warm start leaves that tower as the newest source model has it."""
   config, spec, tf_transform_output = _setup(fn_args)
-  model = _build(config, spec, tf_transform_output, freeze_backbone=False,
+  model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=False,
                  source_tower=_source_tower(config, spec, tf_transform_output))
   if fn_args.base_model:
     base = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
@@ -357,7 +357,7 @@ def finetune_run_fn(fn_args: tfx.components.FnArgs) -> None:
         tf_transform_output, fn_args.base_model, config['hidden_units'], config['embedding_dim'],
         config['backbone'], config['adaptation_options'])
   else:
-    model = _build(config, spec, tf_transform_output, freeze_backbone=True,
+    model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=True,
                    source_tower=ctnet.find_source_tower(pretrained))
     model_lib.load_backbone_weights(model, ctnet.without_source_tower(pretrained))
   _train_and_export(fn_args, model, spec, tf_transform_output, config)
