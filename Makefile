@@ -22,8 +22,9 @@ run: $(PY)
 	$(PY) tfx_runner.py run --output-dir $(OUTPUT_DIR) $(RUN_ARGS)
 
 # The fast suite (under 10 minutes on 2 cores): every behaviour, the expensive work done once (tests/runs.py).
-# Two pytest-xdist workers; `PYTEST_ARGS="-n 0"` runs it in one process.
-XDIST := -n 2 --dist loadscope
+# Two pytest-xdist workers, each running whole modules, the longest first (tests/conftest.py); `PYTEST_ARGS="-n 0"`
+# runs it in one process.
+XDIST := -n 2 --dist loadscope --no-loadscope-reorder
 test: $(PY)
 	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
