@@ -7,7 +7,8 @@ import tensorflow as tf
 from serving.server import ModelServer
 from tests import runs
 
-# The modules that run pipelines of their own (and the Airflow DAG load): the suite's longest. Started first, they
+# The modules that run pipelines of their own (and the Airflow DAG load): the suite's longest (in `make test`,
+# the shared run and one run on top of it in test_spans, the CTNet target run). Started first, they
 # run beside the many short modules instead of after them (pytest-xdist's loadscope would order modules by their
 # number of tests, which puts these few-test modules last: one worker idle while the other finishes them). The
 # first needs the shared run, and its worker builds it; the second does not, for the other worker to start on at

@@ -3,10 +3,12 @@ per branch, and `evaluate` on simulated scores."""
 import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 from scipy import stats
+import tensorflow as tf
 
 from components import promotion_gate as gate
 from components.promotion_gate import Difference, Evaluation, GateRules, ModelFigures, SliceEvaluation
@@ -294,3 +296,64 @@ def test_evaluate_names_the_models():
                              candidate='challenger')
   assert evaluation.candidate == 'challenger' and set(evaluation.overall.models) == {
       'candidate', 'production', 'challenger'}
+
+
+class _TwoTaskModel(tf.Module):
+  """A served two-task model on serialized tf.Examples: `ctr` follows the example's click, `cvr` follows its
+  conversion when `cvr_informed`, else noise (AUC ~0.5)."""
+
+  def __init__(self, cvr_informed: bool):
+    super().__init__()
+    self.cvr_informed = cvr_informed
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def serve(self, examples):
+    parsed = tf.io.parse_example(examples, {'click': tf.io.FixedLenFeature([], tf.int64),
+                                            'conversion': tf.io.FixedLenFeature([], tf.int64),
+                                            'noise': tf.io.FixedLenFeature([], tf.float32)})
+    noise = parsed['noise']
+    ctr = tf.sigmoid(2.0 * tf.cast(parsed['click'], tf.float32) - 1.0 + noise)
+    cvr = tf.sigmoid(2.0 * tf.cast(parsed['conversion'], tf.float32) - 1.0 + noise) if self.cvr_informed else (
+        tf.sigmoid(noise))
+    return {'ctr': ctr, 'cvr': cvr}
+
+
+def _two_task_examples(uri, split, rows=2000):
+  """ExampleGen's layout: `uri/Split-split/` gzipped tf.Examples with a domain, click, conversion and noise."""
+  rng = np.random.default_rng(0)
+  click = rng.random(rows) < 0.3
+  conversion = click & (rng.random(rows) < 0.4)
+  os.makedirs(os.path.join(uri, f'Split-{split}'))
+  with tf.io.TFRecordWriter(os.path.join(uri, f'Split-{split}', 'data.gz'), options='GZIP') as writer:
+    for k in range(rows):
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          'domain': tf.train.Feature(bytes_list=tf.train.BytesList(value=[b'ab'[k % 2:k % 2 + 1]])),
+          'click': tf.train.Feature(int64_list=tf.train.Int64List(value=[int(click[k])])),
+          'conversion': tf.train.Feature(int64_list=tf.train.Int64List(value=[int(conversion[k])])),
+          'noise': tf.train.Feature(float_list=tf.train.FloatList(value=[rng.normal()])),
+      })).SerializeToString())
+
+
+def test_judge_scores_every_task_against_its_own_label_and_floor_and_blesses_only_when_all_pass(tmp_path):
+  """The gate's real path on a served two-task SavedModel: each task's output against its label, with its floor."""
+  _two_task_examples(str(tmp_path / 'examples'), 'test')
+  settings = json.loads(gate.gate_settings('test', 'domain', {'ctr': 'click', 'cvr': 'conversion'}, GateRules(),
+                                           task_floors={'ctr': 0.6, 'cvr': 0.55}, uncalibrated=['cvr']))
+  columns = {'domain': tf.string, 'click': tf.int64, 'conversion': tf.int64}
+  results = {}
+  for informed in (True, False):
+    path = str(tmp_path / f'model-{informed}')
+    model = _TwoTaskModel(informed)
+    tf.saved_model.save(model, path, signatures={'serving_default': model.serve})
+    results[informed] = gate.judge(str(tmp_path / 'examples'), columns, {gate.CANDIDATE: path}, settings)
+
+  assert results[True]['blessed'] and results[True]['examples'] == 2000 and results[True]['split'] == 'test'
+  for result in results.values():
+    assert set(result['tasks']) == {'ctr', 'cvr'}
+    ctr = result['tasks']['ctr']
+    assert ctr['decision']['blessed'] and ctr['decision']['rule'] == gate.FIRST_RUN
+    assert set(ctr['evaluation']['domains']) == {'a', 'b'}
+  assert results[True]['tasks']['cvr']['decision']['blessed']
+  # A CVR output that ignores the conversion is below its floor: that task, hence the model, is not blessed.
+  assert not results[False]['blessed']
+  assert results[False]['tasks']['cvr']['decision']['rule'] == gate.AUC_BELOW_FLOOR

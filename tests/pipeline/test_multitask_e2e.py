@@ -1,5 +1,8 @@
 """The real pipeline with a multi-task head (ESMM) end to end on a few thousand rows: trained on click and
-conversion, gated per task, pushed, served with every task's probability."""
+conversion, gated per task, pushed, served with every task's probability. The run is a pipeline of its own, so
+`make test-all` runs it; the fast suite checks its parts: the evaluation and gate settings here, the per-task gate
+on a served two-task model (tests/components/test_promotion_gate.py), the heads trained, exported and served
+(tests/models/heads)."""
 import json
 import os
 
@@ -44,6 +47,7 @@ def esmm_run(tmp_path_factory):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_esmm_model_is_blessed_and_pushed(esmm_run):
   report = esmm_run['report']
   assert report['blessed'] is True
@@ -58,6 +62,7 @@ def test_esmm_model_is_blessed_and_pushed(esmm_run):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_serving_default_returns_every_task(esmm_run):
   serve = tf.saved_model.load(esmm_run['report']['pushed_model']).signatures['serving_default']
   columns = runs.request_columns(synthetic.FEATURE_SPEC)

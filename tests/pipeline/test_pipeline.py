@@ -44,6 +44,17 @@ def test_wiring(tmp_path):
   assert components['Pusher'].inputs['model_blessing'].producer_component_id == 'PromotionGate'
 
 
+def test_onboarding_trains_the_new_domains_adapters_on_the_production_model(tmp_path):
+  """Onboarding's wiring (its run: tests/pipeline/test_spans.py, `make test-all`): nothing is pretrained, the
+  fine-tune stage and the gate's "before" are the production model, the new domains reach the fine-tune stage."""
+  components = {c.id: c for c in create_pipeline(_config(tmp_path, onboard_domains=('coupon',))).components}
+  assert 'PretrainTrainer' not in components
+  finetune = components['FinetuneTrainer']
+  assert finetune.inputs['base_model'].producer_component_id == 'LatestBlessedModelResolver'
+  assert components['PromotionGate'].inputs['pretrained_model'].producer_component_id == 'LatestBlessedModelResolver'
+  assert json.loads(finetune.exec_properties['custom_config'])['onboard_domains'] == ['coupon']
+
+
 def test_challengers_train_beside_the_stages_and_are_not_pushed(tmp_path):
   config = _config(tmp_path, challengers=('finetune:star', 'pretrain:separate'))
   components = {c.id: c for c in create_pipeline(config).components}

@@ -166,6 +166,7 @@ def test_corrupted_span_is_stopped_and_production_stays(days):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # a third run on the shared run; the fast suite checks onboarding in tests/models/test_onboarding.py
 def test_onboarding_a_new_domain_trains_its_adapter_alone(days):
   """A later span brings the new domain: the run trains its adapter on the production model and nothing else."""
   config = days['config']
