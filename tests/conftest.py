@@ -7,14 +7,12 @@ import tensorflow as tf
 from serving.server import ModelServer
 from tests import runs
 
-# The modules that run pipelines of their own (and the Airflow DAG load): the suite's longest (in `make test`,
-# the shared run and one run on top of it in test_spans, the CTNet target run). Started first, they
-# run beside the many short modules instead of after them (pytest-xdist's loadscope would order modules by their
-# number of tests, which puts these few-test modules last: one worker idle while the other finishes them). The
-# first needs the shared run, and its worker builds it; the second does not, for the other worker to start on at
-# once.
-LONGEST_FIRST = ('tests/pipeline/test_spans.py', 'tests/pipeline/test_multitask_e2e.py',
-                 'tests/pipeline/test_ctnet_e2e.py', 'tests/pipeline/test_orchestrators.py')
+# The longest modules of `make test`: the one that continues the shared run with a run of its own (the shared run
+# is built by the worker that first needs it: the first module's), and the Airflow DAG load, which needs no run.
+# Started first, they run beside the many short modules instead of after them (pytest-xdist's loadscope would order
+# modules by their number of tests, which puts these few-test modules last: one worker idle while the other
+# finishes them).
+LONGEST_FIRST = ('tests/pipeline/test_spans.py', 'tests/pipeline/test_orchestrators.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -1,5 +1,7 @@
 """CTNet through the real pipeline: a target run with `--transfer-source` on the session's shared run (the
-source, tests/runs.py) trains beside the source's frozen model and pushes."""
+source, tests/runs.py) trains beside the source's frozen model and pushes. The target run is a pipeline of its
+own, so `make test-all` runs it; the fast suite resolves the shared run as a source here, and checks the rest in
+tests/components/test_ctnet_transfer.py (the resolver, the Trainer) and tests/models/test_ctnet.py (the model)."""
 import json
 import os
 
@@ -8,6 +10,7 @@ import pytest
 import tf_keras
 
 from data import synthetic
+from components import ctnet_transfer
 from models import ctnet
 from models import model as model_lib
 from models.layers.transfer import IdLookup
@@ -53,6 +56,16 @@ def _artifact(output_dir, node, type_name):
   return max(latest_run_artifacts(config)[node][type_name], key=lambda a: a.id)
 
 
+def test_the_shared_runs_production_model_is_resolved_as_the_source(shared_run):
+  uri, facts = ctnet_transfer.resolve_source_model(shared_run.output_dir)
+  source_model = _artifact(shared_run.output_dir, 'FinetuneTrainer', 'Model')
+  assert (uri, facts['source_model_id']) == (source_model.uri, source_model.id)
+  with open(os.path.join(uri, 'Format-Serving', 'saved_model.pb'), 'rb') as resolved, \
+      open(os.path.join(shared_run.version_dir, 'saved_model.pb'), 'rb') as pushed:
+    assert resolved.read() == pushed.read()  # the model the run pushed
+
+
+@pytest.mark.slow
 def test_target_run_records_the_source_model_trains_and_pushes(ctnet_run):
   root = ctnet_run['root']
   assert ctnet_run['report']['blessed'] is True and ctnet_run['report']['pushed_model']
@@ -80,6 +93,7 @@ def test_target_run_records_the_source_model_trains_and_pushes(ctnet_run):
     assert compared == len(source.weights) - sum(len(layer.weights) for layer in after_hidden if layer)
 
 
+@pytest.mark.slow
 def test_pushed_ctnet_model_serves_raw_examples(ctnet_run):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   serve = tf.saved_model.load(ctnet_run['report']['pushed_model']).signatures['serving_default']

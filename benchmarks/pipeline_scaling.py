@@ -1,0 +1,96 @@
+"""How the pipeline's wall time grows with its input: each component's seconds at several input sizes.
+
+Generates the synthetic default data at each size (100k, 300k and 1M rows unless told), runs the whole
+pipeline on it through `tfx_runner.py run` (the command a user runs; the Trainers' steps scaled to the rows as
+`simulate` scales them, so every size gets as many passes over its training split) and reads each component's
+wall time from the run's report (the metadata store's execution times). Prints one table, a row per component
+and a column per size, with the growth in seconds per 100k rows (least-squares slope over the sizes), and
+appends one line per size to `--results`.
+
+    .venv/bin/python benchmarks/pipeline_scaling.py --work-dir /tmp/scaling [--rows 100000 300000 1000000] \
+        [--results docs/benchmarks/pipeline_scaling/results.jsonl]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+
+import tfx_runner  # noqa: E402
+from data import synthetic  # noqa: E402
+from pipeline.simulate import training_steps  # noqa: E402
+
+TOTAL = 'whole run'
+
+
+def run_size(rows: int, work_dir: str, seed: int) -> dict:
+  """One pipeline run on `rows` synthetic rows; {'rows', 'seconds': {component: s, TOTAL: s}, 'command'}."""
+  data_dir, output_dir = (os.path.join(work_dir, f'{rows}', part) for part in ('data', 'out'))
+  synthetic.write_csv(synthetic.generate(rows, seed=seed), data_dir)
+  steps = training_steps(rows, None, None)
+  args = ['run', '--data-path', data_dir, '--output-dir', output_dir, '--seed', str(seed),
+          '--pretrain-steps', str(steps['pretrain_steps']), '--finetune-steps', str(steps['finetune_steps'])]
+  start = time.time()
+  status = tfx_runner.main(args)
+  wall = time.time() - start
+  if status != 0:
+    raise SystemExit(f'the run on {rows} rows failed (exit status {status}): see {output_dir}')
+  with open(os.path.join(output_dir, 'report.json')) as f:
+    report = json.load(f)
+  seconds = {c['component']: round(c['seconds'], 1) for c in report['components']}
+  seconds[TOTAL] = round(wall, 1)
+  return {'rows': rows, 'seconds': seconds, 'command': 'tfx_runner.py ' + ' '.join(args)}
+
+
+def per_100k(results: Sequence[dict], component: str) -> float:
+  """Seconds added per 100k rows: the least-squares slope of `component`'s time over the sizes."""
+  rows = np.array([r['rows'] for r in results], float) / 1e5
+  seconds = np.array([r['seconds'].get(component, 0.0) for r in results])
+  return float(np.polyfit(rows, seconds, 1)[0])
+
+
+def table(results: Sequence[dict]) -> str:
+  """A markdown table: a row per component (in run order, the whole run last), a column per size, and the
+  growth per 100k rows where there are two sizes or more."""
+  components: List[str] = []
+  for result in results:
+    components += [c for c in result['seconds'] if c not in components and c != TOTAL]
+  growth = len(results) > 1
+  header = ['component'] + [f'{r["rows"]:,} rows (s)' for r in results] + (['s per 100k rows'] if growth else [])
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for component in components + [TOTAL]:
+    cells = [component] + [f'{r["seconds"].get(component, 0.0):.1f}' for r in results]
+    cells += [f'{round(per_100k(results, component), 1) + 0.0:.1f}'] if growth else []  # + 0.0: no -0.0
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> Dict[int, dict]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--work-dir', required=True, help='where each size writes its data and its run')
+  parser.add_argument('--rows', type=int, nargs='+', default=[100_000, 300_000, 1_000_000])
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--results', help='a JSONL file to append one line per size to')
+  args = parser.parse_args(argv)
+  results = []
+  for rows in sorted(args.rows):
+    print(f'[pipeline_scaling] {rows:,} rows ...', flush=True)
+    results.append(run_size(rows, args.work_dir, args.seed))
+    print(f'[pipeline_scaling] {rows:,} rows: {results[-1]["seconds"][TOTAL]:.0f} s', flush=True)
+    if args.results:
+      os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+      with open(args.results, 'a') as f:
+        f.write(json.dumps(results[-1], sort_keys=True) + '\n')
+  print(table(results))
+  return {r['rows']: r for r in results}
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,30 @@
+"""The pipeline-scaling benchmark's table (benchmarks/pipeline_scaling.py) from hand-made results: no pipeline runs
+(the benchmark itself does, at the sizes it is given)."""
+import pytest
+
+from benchmarks import pipeline_scaling as scaling
+
+
+def _result(rows, transform, evaluator=None):
+  seconds = {'CsvExampleGen': 5.0, 'Transform': transform, scaling.TOTAL: 5.0 + transform + (evaluator or 0.0)}
+  if evaluator is not None:
+    seconds['Evaluator'] = evaluator
+  return {'rows': rows, 'seconds': seconds}
+
+
+def test_growth_per_100k_rows_is_the_least_squares_slope():
+  results = [_result(100_000, 10.0), _result(300_000, 30.0), _result(1_000_000, 100.0)]
+  assert scaling.per_100k(results, 'Transform') == pytest.approx(10.0)
+  assert scaling.per_100k(results, 'CsvExampleGen') == pytest.approx(0.0, abs=1e-9)  # fixed cost only
+
+
+def test_the_table_has_a_row_per_component_the_whole_run_last_and_a_missing_component_as_zero():
+  text = scaling.table([_result(100_000, 10.0), _result(300_000, 30.0, evaluator=4.0)])
+  lines = text.splitlines()
+  assert lines[0] == '| component | 100,000 rows (s) | 300,000 rows (s) | s per 100k rows |'
+  assert lines[2:] == ['| CsvExampleGen | 5.0 | 5.0 | 0.0 |', '| Transform | 10.0 | 30.0 | 10.0 |',
+                       '| Evaluator | 0.0 | 4.0 | 2.0 |', '| whole run | 15.0 | 39.0 | 12.0 |']
+
+
+def test_one_size_has_no_growth_column():
+  assert scaling.table([_result(100_000, 10.0)]).splitlines()[0] == '| component | 100,000 rows (s) |'
