@@ -70,6 +70,7 @@ BEAM_RUNNER_HELP = ('Beam runner for the Beam components, with its arguments (pi
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
   """The training-length and model-size options every pipeline-running command shares."""
+  from models.ranking import LOSSES  # pylint: disable=g-import-not-at-top
   from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
   defaults = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
   parser.add_argument('--pretrain-steps', type=_positive(int), default=None,
@@ -88,6 +89,14 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                       help=f'Adam learning rate of the pretrain stage (default {defaults["pretrain_learning_rate"]})')
   parser.add_argument('--finetune-learning-rate', type=_positive(float), default=None,
                       help=f'Adam learning rate of the fine-tune stage (default {defaults["finetune_learning_rate"]})')
+  parser.add_argument('--loss', choices=LOSSES, default=None,
+                      help='click model training loss: logloss; ranknet, the pairwise loss -log sigmoid(s+ - s-) over '
+                           'the positive/negative pairs of each batch within the same domain (the served probability '
+                           'then comes from the per-domain calibration); ranknet+logloss, both (default '
+                           f'{defaults["loss"]})')
+  parser.add_argument('--rank-weight', type=_positive(float), default=None,
+                      help='with --loss ranknet or ranknet+logloss: the weight W of the pairwise term '
+                           f'(default {defaults["rank_weight"]})')
 
 
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +104,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
   from models.adaptation import ADAPTATIONS  # pylint: disable=g-import-not-at-top
   from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
   from models.heads import HEADS  # pylint: disable=g-import-not-at-top
-  from models.multitask import BALANCINGS  # pylint: disable=g-import-not-at-top
+  from models.multitask import BALANCINGS, SURGERIES  # pylint: disable=g-import-not-at-top
   from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
   _add_training_options(parser)
   parser.add_argument('--alpha', type=_positive(int), default=None,
@@ -119,8 +128,12 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                            'for esmm), served and gated per task (default: the single-task click model)')
   parser.add_argument('--balancing', choices=sorted(BALANCINGS), default=None,
                       help='with --head: how the task losses are weighed (default fixed)')
-  parser.add_argument('--pcgrad', action='store_true', default=None,
-                      help='with --head: project conflicting task gradients off each other (PCGrad)')
+  parser.add_argument('--gradient-surgery', choices=sorted(SURGERIES), default=None,
+                      help='with --head: adjust the task gradients on the shared weights before summing them: pcgrad '
+                           'projects a conflicting component off (negative cosine), gradvac turns each task pair '
+                           'toward its moving-average cosine (default: neither)')
+  parser.add_argument('--pcgrad', dest='gradient_surgery', action='store_const', const='pcgrad',
+                      help='the same as --gradient-surgery pcgrad')
   parser.add_argument('--min-domain-auc', type=float, default=None,
                       help='promotion gate, first run (no production model yet): a domain with enough test data, '
                            'or the whole test split, blocks the model when its AUC interval lies below this '
@@ -360,7 +373,8 @@ def run_bench(args) -> int:
       pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps, eval_steps=args.eval_steps,
       batch_size=args.batch_size, hidden_units='-'.join(map(str, args.hidden_units)) if args.hidden_units else None,
       embedding_dim=args.embedding_dim,
-      pretrain_learning_rate=args.pretrain_learning_rate, finetune_learning_rate=args.finetune_learning_rate)
+      pretrain_learning_rate=args.pretrain_learning_rate, finetune_learning_rate=args.finetune_learning_rate,
+      loss=args.loss, rank_weight=args.rank_weight)
   summary = bench.run_grid(cells, training, os.path.abspath(args.output_dir))
   print('\n' + bench.format_markdown(summary))
   print(f'results: {os.path.join(args.output_dir, bench.RESULTS_MD)}  total wall time: {time.time() - start:.0f} s')
@@ -498,7 +512,8 @@ def config_from_args(args):
       'min_domain_auc': args.min_domain_auc, 'auc_tolerance': args.auc_tolerance,
       'logloss_tolerance': args.logloss_tolerance, 'gate_min_examples': args.gate_min_examples,
       'gate_min_positives': args.gate_min_positives,
-      'head': args.head, 'balancing': args.balancing, 'pcgrad': args.pcgrad, 'task_min_auc': args.task_min_auc,
+      'head': args.head, 'balancing': args.balancing, 'gradient_surgery': args.gradient_surgery,
+      'task_min_auc': args.task_min_auc, 'loss': args.loss, 'rank_weight': args.rank_weight,
       'beam_pipeline_args': beam_pipeline_args(args.beam_runner, args.beam_arg),
       'transfer_source': os.path.abspath(args.transfer_source) if args.transfer_source else None,
       'onboard_domains': tuple(args.onboard_domains) if args.onboard_domains else None,

@@ -1,5 +1,5 @@
-"""Multi-task heads x loss balancing x PCGrad on the default data: per-task, per-domain AUC of the trained
-model and of its MLoRA fine-tune.
+"""Multi-task heads x loss balancing x gradient surgery (none, PCGrad, GradVac) on the default data: per-task,
+per-domain AUC of the trained model and of its MLoRA fine-tune.
 
 Trains in-process on the transformed examples of one pipeline run in OUTPUT_DIR (running the pipeline
 first, on `--rows` synthetic rows and with token training, when OUTPUT_DIR holds none), through the
@@ -9,7 +9,8 @@ clicked samples only, the space a directly trained CVR sees, to show ESMM's enti
 Prints a table and writes multitask.md and multitask.json to OUTPUT_DIR.
 
     .venv/bin/python benchmarks/multitask.py --output-dir outputs/mt-bench [--rows 200000] [--steps 1600] \
-        [--finetune-steps 300] [--heads esmm,mmoe] [--balancings fixed,dwa] [--pcgrad off,on]
+        [--finetune-steps 300] [--heads esmm,mmoe] [--balancings fixed,dwa] \
+        [--surgeries none,pcgrad,gradvac]
 """
 import argparse
 import json
@@ -32,7 +33,7 @@ from data import synthetic  # noqa: E402
 from models import heads, metrics  # noqa: E402
 from models import model as model_lib  # noqa: E402
 from models.features import DOMAIN_INDEX  # noqa: E402
-from models.multitask import BALANCINGS  # noqa: E402
+from models.multitask import BALANCINGS, SURGERIES  # noqa: E402
 from models.preprocessing import vocabulary_sizes  # noqa: E402
 from models.trainer import epoch_plan, input_fn  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
@@ -40,6 +41,7 @@ from pipeline.config import PipelineConfig  # noqa: E402
 SPEC = synthetic.FEATURE_SPEC
 DEFAULTS = PipelineConfig('', '', '', SPEC)  # the pipeline's training settings
 COLUMNS = ['ctr', 'cvr', 'cvr_clicked', 'ctcvr']  # scored outputs; ctcvr for ESMM only
+NO_SURGERY = 'none'  # the plain gradient of the summed objective
 
 
 def transform_output(output_dir: str, rows: int, seed: int):
@@ -89,9 +91,11 @@ def train(model, dataset, steps: int, learning_rate: float):
   model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0)
 
 
-def run_cell(head, balancing, pcgrad, args, dataset, evaluation, vocab_sizes):
-  """Trains one configuration, then its MLoRA fine-tune; {'pretrained': scores, 'mlora': scores}."""
-  options = {'balancing': balancing, 'pcgrad': pcgrad, 'seed': args.seed, 'dwa_period': epoch_plan(args.steps)[1]}
+def run_cell(head, balancing, surgery, args, dataset, evaluation, vocab_sizes):
+  """Trains one configuration (`surgery`: one of `SURGERIES` or `NO_SURGERY`), then its MLoRA fine-tune;
+  {'pretrained': scores, 'mlora': scores}."""
+  options = {'balancing': balancing, 'gradient_surgery': None if surgery == NO_SURGERY else surgery,
+             'seed': args.seed, 'dwa_period': epoch_plan(args.steps)[1]}
   build = lambda **kw: model_lib.build_model(SPEC, vocab_sizes, args.hidden_units, DEFAULTS.embedding_dim,  # noqa: E731
                                              head=head, **kw)
   tf_keras.utils.set_random_seed(args.seed)
@@ -108,7 +112,7 @@ def run_cell(head, balancing, pcgrad, args, dataset, evaluation, vocab_sizes):
 
 
 def format_markdown(results) -> str:
-  header = ['head', 'balancing', 'pcgrad', 'model', 'task', 'all'] + SPEC.domains
+  header = ['head', 'balancing', 'surgery', 'model', 'task', 'all'] + SPEC.domains
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for cell in results:
     for stage in ('pretrained', 'mlora'):
@@ -116,8 +120,8 @@ def format_markdown(results) -> str:
         if column in cell[stage]:
           aucs = cell[stage][column]
           values = [f'{aucs[k]:.4f}' if not np.isnan(aucs[k]) else '-' for k in ['all'] + SPEC.domains]
-          lines.append('| ' + ' | '.join([cell['head'], cell['balancing'], 'on' if cell['pcgrad'] else 'off',
-                                          stage, column] + values) + ' |')
+          lines.append('| ' + ' | '.join([cell['head'], cell['balancing'], cell['surgery'], stage, column] + values)
+                       + ' |')
   return '\n'.join(lines)
 
 
@@ -134,10 +138,14 @@ def main():
                       default=DEFAULTS.hidden_units, help='like 256-128-64 (default: the pipeline\'s)')
   parser.add_argument('--heads', type=lambda t: t.split(','), default=sorted(heads.HEADS))
   parser.add_argument('--balancings', type=lambda t: t.split(','), default=list(BALANCINGS))
-  parser.add_argument('--pcgrad', type=lambda t: [{'off': False, 'on': True}[v] for v in t.split(',')],
-                      default=[False, True], help='off, on or off,on (default)')
+  parser.add_argument('--surgeries', type=lambda t: t.split(','), default=[NO_SURGERY, *SURGERIES],
+                      help=f'gradient surgeries, comma-separated: {NO_SURGERY}, {", ".join(SURGERIES)} '
+                           '(default all)')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
+  unknown = [s for s in args.surgeries if s != NO_SURGERY and s not in SURGERIES]
+  if unknown:
+    parser.error(f'--surgeries {",".join(unknown)}: expected some of {NO_SURGERY},{",".join(SURGERIES)}')
 
   output_dir = os.path.abspath(args.output_dir)
   tf_transform_output, files = transform_output(output_dir, args.rows, args.seed)
@@ -148,12 +156,12 @@ def main():
   results = []
   for head in args.heads:
     for balancing in args.balancings:
-      for pcgrad in args.pcgrad:
+      for surgery in args.surgeries:
         start = time.time()
-        cell = run_cell(head, balancing, pcgrad, args, dataset, evaluation, vocab_sizes)
-        results.append({'head': head, 'balancing': balancing, 'pcgrad': pcgrad, **cell,
+        cell = run_cell(head, balancing, surgery, args, dataset, evaluation, vocab_sizes)
+        results.append({'head': head, 'balancing': balancing, 'surgery': surgery, **cell,
                         'seconds': time.time() - start})
-        print(f'{head} {balancing} pcgrad={pcgrad}: ' + '  '.join(
+        print(f'{head} {balancing} surgery={surgery}: ' + '  '.join(
             f'{stage} {column} {cell[stage][column]["all"]:.4f}' for stage in ('pretrained', 'mlora')
             for column in COLUMNS if column in cell[stage]) + f'  ({time.time() - start:.0f} s)', flush=True)
 

@@ -12,9 +12,12 @@ most from the main feed: the weight of the domain-specific part, k_d = 1 + 0.5 l
 grows from 1 (home feed) to 2.5 (new user). A shared model, whose loss the large domains dominate, fits
 the small domains worst, which is where per-domain adaptation has the most to gain. A conversion can only
 follow a click: P(conversion | click) = sigmoid(b_cvr + <u, w>), P(conversion | no click) = 0.
+
+`click_rates` sets a domain's expected click rate instead, by shifting its logits (e.g. below 1%, where
+log loss teaches little: `models/ranking.py`).
 """
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import pandas as pd
@@ -64,10 +67,29 @@ def _zipf_choice(rng: np.random.Generator, n: int, size: int, exponent: float = 
   return rng.choice(n, size=size, p=weights / weights.sum())
 
 
-def generate(num_rows: int = DEFAULT_ROWS, seed: int = 0) -> pd.DataFrame:
-  """Returns `num_rows` click-log rows with the columns of `FEATURE_SPEC`, identical for equal seeds."""
+def shift_to_rate(logits: np.ndarray, rate: float, iterations: int = 100) -> float:
+  """The shift c with mean(sigmoid(logits + c)) = `rate` (bisection: the mean rises with c)."""
+  low, high = -50.0, 50.0
+  for _ in range(iterations):
+    middle = (low + high) / 2
+    low, high = (middle, high) if _sigmoid(logits + middle).mean() < rate else (low, middle)
+  return (low + high) / 2
+
+
+def generate(num_rows: int = DEFAULT_ROWS, seed: int = 0,
+             click_rates: Optional[Dict[str, float]] = None) -> pd.DataFrame:
+  """Returns `num_rows` click-log rows with the columns of `FEATURE_SPEC`, identical for equal seeds.
+  `click_rates` ({domain: rate}) shifts each named domain's hidden logit by the constant that makes its
+  expected click rate `rate` (`shift_to_rate`), e.g. {'coupon': 0.005}; every other row is as without it."""
   if num_rows < len(DOMAIN_SHARES):
     raise ValueError(f'num_rows must be at least {len(DOMAIN_SHARES)} (one per domain), got {num_rows}.')
+  click_rates = dict(click_rates or {})
+  unknown = sorted(set(click_rates) - set(DOMAIN_SHARES))
+  if unknown:
+    raise ValueError(f'click_rates names unknown domains {unknown}: expected some of {list(DOMAIN_SHARES)}.')
+  bad = {d: r for d, r in click_rates.items() if not 0 < r < 1}
+  if bad:
+    raise ValueError(f'click_rates {bad}: a click rate lies strictly between 0 and 1, like 0.005 for 0.5%.')
   rng = np.random.default_rng(seed)
   num_users = max(500, num_rows // ROWS_PER_USER)
   num_items = max(300, num_rows // ROWS_PER_ITEM)
@@ -105,6 +127,9 @@ def generate(num_rows: int = DEFAULT_ROWS, seed: int = 0) -> pd.DataFrame:
                      + domain_category[domain, item_category[item]] + DOMAIN_WEIGHT * specific * np.sqrt(LATENT_DIM))
   logit = (-2.0 + item_bias[item] + domain_bias[domain] + SHARED_WEIGHT * shared * np.sqrt(LATENT_DIM)
            + specificity[domain] * domain_specific)
+  for name, rate in click_rates.items():
+    rows = domain == list(DOMAIN_SHARES).index(name)
+    logit[rows] += shift_to_rate(logit[rows], rate)
   click = rng.random(num_rows) < _sigmoid(logit)
   cvr_logit = -1.0 + 2.0 * np.einsum('nk,nk->n', user_cvr[user], item_cvr[item]) * np.sqrt(LATENT_DIM)
   conversion = click & (rng.random(num_rows) < _sigmoid(cvr_logit))

@@ -128,7 +128,7 @@ def build_model(spec: FeatureSpec, vocab_sizes: Dict[str, int], hidden_units: Se
   (`models.ctnet` adds its source tower's adapters to the hidden layers this way).
   With `head` (models/heads: esmm, mmoe, ...) the model is a multi-task `models.multitask.MultiTaskModel`
   with one probability per task (`ctr`, `cvr`, ...) on the head's own MLP bottom instead of a backbone;
-  `options` also holds the head's and the training step's settings (`balancing`, `pcgrad`, ...).
+  `options` also holds the head's and the training step's settings (`balancing`, `gradient_surgery`, ...).
   """
   if head and backbone != 'mlp':
     raise ValueError(f'A multi-task head builds its own MLP bottom: backbone must be mlp, got {backbone!r}.')

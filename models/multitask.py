@@ -1,5 +1,5 @@
-"""Multi-task training: per-task masked losses, loss balancing (fixed, uncertainty, DWA) and PCGrad, in the
-`train_step` of `MultiTaskModel`, the model every head (`models.heads`) is built as."""
+"""Multi-task training: per-task masked losses, loss balancing (fixed, uncertainty, DWA) and gradient surgery
+(PCGrad, GradVac), in the `train_step` of `MultiTaskModel`, the model every head (`models.heads`) is built as."""
 import dataclasses
 import os
 import types
@@ -14,6 +14,7 @@ from models.heads import HEADS, TARGETS, Target  # noqa: E402
 
 DWA_TEMPERATURE = 2.0
 DWA_PERIOD = 100  # steps; the Trainer passes its epoch length
+GRADVAC_BETA = 0.01  # the step of GradVac's moving average of each task pair's cosine
 
 
 def masked_binary_crossentropy(labels, probabilities, mask=None):
@@ -114,19 +115,24 @@ class DynamicWeightAverage(LossBalancing):
 BALANCINGS = {'fixed': FixedWeights, 'uncertainty': UncertaintyWeighting, 'dwa': DynamicWeightAverage}
 
 
+def task_orders(count: int, seed):
+  """For each task i of `count`, a random order of all the tasks [count] (i among them), drawn from `seed`
+  (a [2] int tensor, e.g. (seed, step)): the order in which gradient surgery visits the other tasks."""
+  return [tf.argsort(tf.random.stateless_uniform(
+      [count], seed=tf.cast(seed, tf.int64) + tf.constant([0, 1], tf.int64) * i)) for i in range(count)]
+
+
 def project_conflicting(gradients, seed):
   """PCGrad (Yu et al., NeurIPS'20) on the task gradients [K, P]: for each task i, in a random order of
-  the other tasks j,
+  the other tasks j (`task_orders`),
 
       g_i <- g_i - (g_i . g_j) / |g_j|^2 g_j    when g_i . g_j < 0
 
   (g_j the original gradient), so no task's update works against another's. Returns the projected
-  gradients [K, P]; the order is drawn from `seed` (a [2] int tensor, e.g. (seed, step))."""
+  gradients [K, P]."""
   count = gradients.shape[0]
   projected = []
-  for i in range(count):
-    keys = tf.random.stateless_uniform([count], seed=tf.cast(seed, tf.int64) + tf.constant([0, 1], tf.int64) * i)
-    order = tf.argsort(keys)
+  for i, order in enumerate(task_orders(count, seed)):
     g = gradients[i]
     for position in range(count):
       j = order[position]
@@ -138,10 +144,81 @@ def project_conflicting(gradients, seed):
   return tf.stack(projected)
 
 
-def pcgrad_gradients(tape, terms, variables, seed):
-  """The update gradient of every variable from the per-task objective terms: PCGrad on the variables
-  two or more tasks reach (the shared ones, as one vector per task), the plain gradient of its only task
-  on a task-specific variable (a tower, an uncertainty log-variance); None where no task reaches it."""
+def vaccinate(gradients, targets, seed, beta: float = GRADVAC_BETA):
+  """Gradient Vaccine (Wang et al., ICLR'21) on the task gradients [K, P], with the target cosines
+  `targets` [K, K] (phi_hat_ij, an exponential moving average of the observed ones). For each task i, in a
+  random order of the other tasks j (`task_orders`), with phi = cos(g_i, g_j) (g_i as adjusted so far, g_j
+  the original gradient):
+
+      g_i <- g_i + g_j |g_i| (phi_hat sqrt(1 - phi^2) - phi sqrt(1 - phi_hat^2)) / (|g_j| sqrt(1 - phi_hat^2))
+                                                                                  when phi < phi_hat_ij
+      phi_hat_ij <- (1 - beta) phi_hat_ij + beta phi
+
+  The step turns g_i in the plane of (g_i, g_j) until cos(g_i, g_j) = phi_hat_ij: where PCGrad only lifts a
+  negative cosine to 0, GradVac lifts any cosine below the pair's usual similarity up to it. Returns the
+  adjusted gradients [K, P] and the new targets [K, K]."""
+  count = gradients.shape[0]
+  norms = tf.norm(gradients, axis=1)
+  adjusted, rows = [], []
+  for i, order in enumerate(task_orders(count, seed)):
+    g, row = gradients[i], targets[i]
+    for position in range(count):
+      j = order[position]
+      other, other_norm, target = tf.gather(gradients, j), tf.gather(norms, j), tf.gather(row, j)
+      norm = tf.norm(g)
+      phi = tf.reduce_sum(g * other) / tf.maximum(norm * other_norm, 1e-12)
+      sine, target_sine = tf.sqrt(tf.maximum(1.0 - phi ** 2, 0.0)), tf.sqrt(tf.maximum(1.0 - target ** 2, 1e-12))
+      step = norm * (target * sine - phi * target_sine) / (tf.maximum(other_norm, 1e-12) * target_sine)
+      below = tf.logical_and(phi < target, tf.not_equal(j, i))
+      g += tf.where(below, step, 0.0) * other
+      updated = tf.where(tf.not_equal(j, i), (1.0 - beta) * target + beta * phi, target)
+      row = tf.tensor_scatter_nd_update(row, [[j]], [updated])
+    adjusted.append(g)
+    rows.append(row)
+  return tf.stack(adjusted), tf.stack(rows)
+
+
+class GradientSurgery(tf.Module):
+  """Adjusts the task gradients [K, P] on the shared variables before they are summed into the update."""
+
+  def __call__(self, gradients, seed):
+    """[K, P] the adjusted gradients; `seed` ([2] int tensor) draws the order in which tasks are visited."""
+    raise NotImplementedError
+
+
+class PCGrad(GradientSurgery):
+  """`project_conflicting`: a conflicting component (negative dot product) is projected off."""
+
+  def __init__(self, tasks, **unused):
+    super().__init__(name='pcgrad')
+
+  def __call__(self, gradients, seed):
+    return project_conflicting(gradients, seed)
+
+
+class GradVac(GradientSurgery):
+  """`vaccinate`, with the target cosine of every task pair kept from step to step (`targets` [K, K], 0 at
+  the start, as in the paper)."""
+
+  def __init__(self, tasks, beta: float = GRADVAC_BETA, **unused):
+    super().__init__(name='gradvac')
+    self.beta = beta
+    self.targets = tf.Variable(tf.zeros([len(tasks), len(tasks)]), trainable=False, name='targets')
+
+  def __call__(self, gradients, seed):
+    adjusted, targets = vaccinate(gradients, self.targets, seed, self.beta)
+    self.targets.assign(targets)
+    return adjusted
+
+
+SURGERIES = {'pcgrad': PCGrad, 'gradvac': GradVac}
+
+
+def surgery_gradients(tape, terms, variables, surgery):
+  """The update gradient of every variable from the per-task objective terms: `surgery` ([K, P] -> [K, P],
+  a `GradientSurgery` with its seed bound) on the variables two or more tasks reach (the shared ones, as one
+  vector per task), the plain gradient of its only task on a task-specific variable (a tower, an uncertainty
+  log-variance); None where no task reaches it."""
   per_task = [tape.gradient(term, variables) for term in terms]
   shared = [v for v in range(len(variables)) if sum(g[v] is not None for g in per_task) > 1]
   gradients = [None if v in shared else next((g[v] for g in per_task if g[v] is not None), None)
@@ -151,7 +228,7 @@ def pcgrad_gradients(tape, terms, variables, seed):
   flat = tf.stack([tf.concat([tf.reshape(tf.convert_to_tensor(g[v]) if g[v] is not None else
                                          tf.zeros_like(variables[v]), [-1]) for v in shared], axis=0)
                    for g in per_task])
-  combined = tf.reduce_sum(project_conflicting(flat, seed), axis=0)
+  combined = tf.reduce_sum(surgery(flat), axis=0)
   sizes = [variables[v].shape.num_elements() for v in shared]
   for v, part in zip(shared, tf.split(combined, sizes)):
     gradients[v] = tf.reshape(part, variables[v].shape)
@@ -165,29 +242,34 @@ class MultiTaskModel(tf_keras.Model):
   Each trained output t (`targets`: {task: Target}) has the loss L_t = masked binary cross-entropy against
   its label, over the samples its mask keeps (`masked_binary_crossentropy`). `balancing` (`BALANCINGS`:
   fixed, uncertainty, dwa) turns them into per-task objective terms; their sum is minimized, or with
-  `pcgrad` each term's gradient is projected off the others' on the shared variables
-  (`pcgrad_gradients`). Train and test steps log the objective (`loss`), `{task}_loss`, `{task}_auc` on
-  the valid samples, and (training) `{task}_weight`.
+  `gradient_surgery` (`SURGERIES`: pcgrad, gradvac) each term's gradient is adjusted against the others' on
+  the shared variables (`surgery_gradients`). Train and test steps log the objective (`loss`), `{task}_loss`,
+  `{task}_auc` on the valid samples, and (training) `{task}_weight`.
 
   Fed (features, {label role: [batch] 0/1}), the roles those of `targets` (`models.heads.CLICK`, ...).
-  Balancing state (log-variances, DWA's loss history) is training state: it is not saved with the model.
+  Balancing and surgery state (log-variances, DWA's loss history, GradVac's target cosines) is training
+  state: it is not saved with the model.
   """
 
   def __init__(self, inputs, outputs, targets: Dict[str, Target], balancing: str = 'fixed',
-               task_weights: Optional[Dict[str, float]] = None, dwa_period: int = DWA_PERIOD, pcgrad: bool = False,
-               seed: int = 0, name: Optional[str] = None):
+               task_weights: Optional[Dict[str, float]] = None, dwa_period: int = DWA_PERIOD,
+               gradient_surgery: Optional[str] = None, seed: int = 0, name: Optional[str] = None):
     super().__init__(inputs=inputs, outputs=outputs, name=name)
     if balancing not in BALANCINGS:
       raise ValueError(f'Unknown loss balancing {balancing!r}; choose one of {sorted(BALANCINGS)}.')
+    if gradient_surgery is not None and gradient_surgery not in SURGERIES:
+      raise ValueError(f'Unknown gradient surgery {gradient_surgery!r}; choose one of {sorted(SURGERIES)}, or None '
+                       'for the plain gradient of the summed objective.')
     self.targets = {task: Target(**t) if isinstance(t, dict) else t for task, t in targets.items()}
     self.tasks = list(self.targets)
-    self.settings = dict(balancing=balancing, task_weights=task_weights, dwa_period=dwa_period, pcgrad=pcgrad,
-                         seed=seed)
+    self.settings = dict(balancing=balancing, task_weights=task_weights, dwa_period=dwa_period,
+                         gradient_surgery=gradient_surgery, seed=seed)
     mean = tf_keras.metrics.Mean
     # Training state, held in a plain namespace that Keras does not track: the balancing variables and the
     # step metrics stay out of the model's weights, parameter count and saved files.
     self.step_state = types.SimpleNamespace(
         balancer=BALANCINGS[balancing](self.tasks, task_weights=task_weights, dwa_period=dwa_period),
+        surgery=SURGERIES[gradient_surgery](self.tasks) if gradient_surgery else None,
         trackers={'loss': mean(name='loss'), **{f'{t}_loss': mean(name=f'{t}_loss') for t in self.tasks},
                   **{f'{t}_auc': tf_keras.metrics.AUC(name=f'{t}_auc') for t in self.tasks}})
 
@@ -214,16 +296,17 @@ class MultiTaskModel(tf_keras.Model):
   def train_step(self, data):
     features, labels = data
     weights = self.balancer.task_weights()  # this step's, before the update changes them
-    with tf.GradientTape(persistent=self.settings['pcgrad']) as tape:
+    surgery = self.step_state.surgery
+    with tf.GradientTape(persistent=surgery is not None) as tape:
       predictions = self(features, training=True)
       losses = self.task_losses(labels, predictions)
       terms = self.balancer.objective(losses)
       objective = tf.reduce_sum(terms)
-      task_terms = tf.unstack(terms)  # inside the tape: PCGrad differentiates each
+      task_terms = tf.unstack(terms)  # inside the tape: gradient surgery differentiates each
     variables = self.trainable_variables + list(self.balancer.trainable_variables)
-    if self.settings['pcgrad']:
+    if surgery is not None:
       seed = tf.stack([tf.constant(self.settings['seed'], tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
-      gradients = pcgrad_gradients(tape, task_terms, variables, seed)
+      gradients = surgery_gradients(tape, task_terms, variables, lambda flat: surgery(flat, seed))
     else:
       gradients = tape.gradient(objective, variables)
     self.optimizer.apply_gradients((g, v) for g, v in zip(gradients, variables) if g is not None)
@@ -252,6 +335,8 @@ class MultiTaskModel(tf_keras.Model):
   @classmethod
   def from_config(cls, config, custom_objects=None):
     config = dict(config)
+    if config.pop('pcgrad', False):  # models saved before GradVac joined PCGrad
+      config['gradient_surgery'] = 'pcgrad'
     network = tf_keras.Model.from_config(config.pop('network'), custom_objects)
     return cls(network.input, dict(zip(network.output_names, network.outputs)), name=network.name, **config)
 
@@ -259,9 +344,10 @@ class MultiTaskModel(tf_keras.Model):
 def multitask_model(head: str, inputs, features, hidden_units, adapt, options: dict, name: str) -> MultiTaskModel:
   """Head `head` on the embedded features, as a `MultiTaskModel` trained on the head's `TARGETS`. `options`
   holds the head's settings (`gate_dropout`, `ple_levels`, ...) and the training step's (`balancing`,
-  `task_weights`, `dwa_period`, `pcgrad`, `seed`)."""
+  `task_weights`, `dwa_period`, `gradient_surgery`, `seed`)."""
   if head not in HEADS:
     raise ValueError(f'Unknown multi-task head {head!r}; choose one of {sorted(HEADS)}.')
   outputs = HEADS[head](features, hidden_units, adapt, options)
-  training = {k: options[k] for k in ('balancing', 'task_weights', 'dwa_period', 'pcgrad', 'seed') if k in options}
+  training = {k: options[k] for k in ('balancing', 'task_weights', 'dwa_period', 'gradient_surgery', 'seed')
+              if k in options}
   return MultiTaskModel(inputs, outputs, TARGETS[head], name=name, **training)

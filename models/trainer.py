@@ -30,6 +30,7 @@ from models import ctnet  # noqa: E402
 from models import heads  # noqa: E402
 from models import model as model_lib  # noqa: E402
 from models import onboarding  # noqa: E402
+from models import ranking  # noqa: E402
 from models import warm_start  # noqa: E402
 from models.features import DOMAIN_INDEX, FeatureSpec  # noqa: E402
 from models.layers.calibration import fit_domain_calibration  # noqa: E402
@@ -235,16 +236,12 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
                         feature_names, label_columns=labels, validation_steps=fn_args.eval_steps,
                         # Onboarding changes the new domains' scores alone: they alone judge its epochs.
                         validation_domains=config.get('onboard_domains') or ())
-  if multitask:  # the task losses, their balancing and per-task AUCs are the model's own train step
-    model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']))
-  else:
-    model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']),
-                  loss=tf_keras.losses.BinaryCrossentropy(), metrics=[tf_keras.metrics.AUC(name='auc')])
+  trained = training_model(model, config)
   epochs, steps_per_epoch = epoch_plan(fn_args.train_steps)
   throughput = ThroughputLogger(batch_size, steps_per_epoch)
   best = BestValidationWeights(evaluation, monitor=f'val_{model_lib.PREDICTION}_auc' if multitask else 'val_auc')
-  model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=evaluation,
-            callbacks=[throughput, best], verbose=0)
+  trained.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=evaluation,
+              callbacks=[throughput, best], verbose=0)
   calibration = model_lib.calibration_layer(model)
   if calibration is not None:
     onboard = [spec.domains.index(d) for d in config.get('onboard_domains') or ()]
@@ -268,6 +265,24 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   with tf.io.gfile.GFile(os.path.join(os.path.dirname(keras_path), TRAINING_STATS_FILE), 'w') as f:
     json.dump(stats, f, indent=2)
   export_serving_model(model, tf_transform_output, spec, fn_args.serving_model_dir)
+
+
+def training_model(model: tf_keras.Model, config: dict) -> tf_keras.Model:
+  """`model`, or the model that trains its weights, compiled with the stage's Adam step: a multi-task model
+  trains on its own task losses (its train step); a click model on log loss, or with `loss` ranknet or
+  ranknet+logloss on `ranking.click_objective` (`ranking.RankingLossModel`, weighted by `rank_weight`)."""
+  optimizer = tf_keras.optimizers.Adam(config['learning_rate'])
+  if isinstance(model, MultiTaskModel):
+    model.compile(optimizer=optimizer)
+    return model
+  loss = config.get('loss', ranking.LOGLOSS)
+  if loss == ranking.LOGLOSS:
+    model.compile(optimizer=optimizer, loss=tf_keras.losses.BinaryCrossentropy(),
+                  metrics=[tf_keras.metrics.AUC(name='auc')])
+    return model
+  trained = ranking.RankingLossModel(model, model_lib.PREDICTION, loss, config.get('rank_weight', 1.0))
+  trained.compile(optimizer=optimizer)
+  return trained
 
 
 def fit_calibration(model: tf_keras.Model, calibration, evaluation, spec: FeatureSpec, domains=None) -> None:
@@ -302,7 +317,7 @@ def _setup(fn_args):
   # Same seed, same weights; what the deterministic kernels cost: benchmarks/trainer_throughput.py --op-determinism.
   tf.config.experimental.enable_op_determinism()
   spec = FeatureSpec.from_dict(config['feature_spec'])
-  if config.get('head'):  # DWA re-weighs the tasks once per epoch; PCGrad's task order follows the seed
+  if config.get('head'):  # DWA re-weighs the tasks once per epoch; gradient surgery's task order follows the seed
     options = {'dwa_period': epoch_plan(fn_args.train_steps)[1], 'seed': config['seed']}
     config = {**config, 'head_options': {**config['head_options'], **options}}
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)

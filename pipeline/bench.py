@@ -150,6 +150,8 @@ class Training:
   embedding_dim: Optional[int] = None
   pretrain_learning_rate: Optional[float] = None
   finetune_learning_rate: Optional[float] = None
+  loss: Optional[str] = None  # logloss, ranknet or ranknet+logloss
+  rank_weight: Optional[float] = None
 
   def flags(self) -> List[str]:
     """The command-line flags of the options that are set."""
@@ -314,6 +316,8 @@ def cell_identity(cell: Cell, training: Training) -> dict:
 def is_record_of(record: dict, cell: Cell, training: Training) -> bool:
   """Whether `record` holds the results of `cell` trained with `training`."""
   identity = cell_identity(cell, training)
+  # A record written before a Training field existed was trained with that field's default (None).
+  record = {**record, 'training': {**dataclasses.asdict(Training()), **record.get('training', {})}}
   return all(record.get(field) == value for field, value in identity.items())
 
 

@@ -93,14 +93,21 @@ class PipelineConfig:
   domain_dropout: float = 0.1
   finetune_domain_dropout: float = 0.1
   vocabulary_frequency_threshold: int = 10
+  # The click model's training loss (models/ranking.py LOSSES): `logloss`; `ranknet`, the pairwise loss over
+  # the positive/negative pairs of a batch within the same domain, whose served probability then comes from
+  # the calibration alone (it needs `calibrate`); `ranknet+logloss`, both. `rank_weight` weighs the pairwise
+  # term. Single-task models: a multi-task head trains log loss per task.
+  loss: str = 'logloss'
+  rank_weight: float = 1.0
   # Multi-task (models/heads, models/multitask.py): with `head` (shared_bottom, esmm, mmoe, ple) both stages
   # predict click and conversion tasks (`ctr`, `cvr`, and `ctcvr` for ESMM) on the head's MLP bottom instead
   # of the single click model (None); `balancing` (fixed, uncertainty, dwa) weighs the task losses and
-  # `pcgrad` projects conflicting task gradients; `head_options` holds head settings (gate_dropout,
+  # `gradient_surgery` (pcgrad, gradvac; models/multitask.py SURGERIES) adjusts conflicting task gradients on
+  # the shared weights; `head_options` holds head settings (gate_dropout,
   # ple_levels, num_experts, tower_units, task_weights, ...).
   head: Optional[str] = None
   balancing: str = 'fixed'
-  pcgrad: bool = False
+  gradient_surgery: Optional[str] = None
   head_options: Dict[str, object] = dataclasses.field(default_factory=dict)
   # Promotion gate (components/promotion_gate.py): candidate and production scored on the same test examples.
   # A domain decides with at least `gate_min_examples` test examples and `gate_min_positives` of each class;
@@ -149,8 +156,11 @@ class PipelineConfig:
       self.warm_start = self.spans or bool(self.transfer_source)
     if self.data_format not in (None, 'csv', 'tfrecord'):
       raise ValueError(f'data_format must be csv or tfrecord, got {self.data_format!r}.')
-    if not self.head and (self.balancing != 'fixed' or self.pcgrad or self.task_min_auc or self.head_options):
-      raise ValueError('balancing, pcgrad, task_min_auc and head_options apply to a multi-task model: set head.')
+    if not self.head and (self.balancing != 'fixed' or self.gradient_surgery or self.task_min_auc or
+                          self.head_options):
+      raise ValueError('balancing, gradient_surgery, task_min_auc and head_options apply to a multi-task model: '
+                       'set head.')
+    self._check_loss()
     if self.onboard_domains and (self.adaptation != 'mlora' or self.head or self.transfer_source):
       raise ValueError('onboard_domains trains new MLoRA adapters on the production model: it needs adaptation '
                        '"mlora", without head or transfer_source.')
@@ -169,6 +179,26 @@ class PipelineConfig:
     if self.head and self.transfer_source:  # CTNet's adapters join the backbone's dense_0, dense_1, ... layers
       raise ValueError('transfer_source (CTNet) adapts the backbone\'s hidden layers, which a multi-task head '
                        'replaces: set head or transfer_source, not both.')
+
+  def _check_loss(self) -> None:
+    """ValueError, naming the field and the fix, for a training loss the run cannot use."""
+    from models.multitask import SURGERIES  # pylint: disable=g-import-not-at-top  # imports TF
+    from models.ranking import LOGLOSS, LOSSES, RANKNET  # pylint: disable=g-import-not-at-top
+    if self.gradient_surgery is not None and self.gradient_surgery not in SURGERIES:
+      raise ValueError(f'gradient_surgery {self.gradient_surgery!r}: choose one of {sorted(SURGERIES)}, or None.')
+    if self.loss not in LOSSES:
+      raise ValueError(f'loss {self.loss!r}: choose one of {list(LOSSES)}.')
+    if not self.rank_weight > 0:
+      raise ValueError(f'rank_weight must be positive, got {self.rank_weight}.')
+    if self.loss == LOGLOSS and self.rank_weight != 1.0:
+      raise ValueError(f'rank_weight {self.rank_weight} weighs the pairwise term of loss ranknet or ranknet+logloss: '
+                       'set loss to one of them, or leave rank_weight at 1 with logloss.')
+    if self.loss != LOGLOSS and self.head:
+      raise ValueError(f'loss {self.loss!r} trains the single-task click model; a multi-task head trains log loss '
+                       'per task: leave loss at logloss with head.')
+    if self.loss == RANKNET and not self.calibrate:
+      raise ValueError('loss ranknet orders the scores within each domain but leaves their level free: the served '
+                       'probability needs calibrate=True, or use loss ranknet+logloss.')
 
   def challenger_stages(self) -> List[Tuple[str, str]]:
     """The challengers as (stage, adaptation) pairs; ValueError for one not written `stage:adaptation` with
@@ -245,9 +275,11 @@ class PipelineConfig:
         'embedding_l2': self.embedding_l2,
         'domain_dropout': self.domain_dropout if stage == 'pretrain' else self.finetune_domain_dropout,
         'calibrate': self.calibrate,
+        'loss': self.loss,
+        'rank_weight': self.rank_weight,
         'onboard_domains': list(self.onboard_domains) if stage == 'finetune' else [],
         **({'head': self.head, 'head_options': {**self.head_options, 'balancing': self.balancing,
-                                                'pcgrad': self.pcgrad}} if self.head else {}),
+                                                'gradient_surgery': self.gradient_surgery}} if self.head else {}),
     }
 
   def transform_config(self) -> dict:

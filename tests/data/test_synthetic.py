@@ -50,3 +50,19 @@ def test_write_csv_keeps_float_columns_float(tmp_path):
   row = dict(zip(header.split(','), first.split(',')))
   assert '.' in row['price'] and '.' in row['user_activity']
   assert not list(tmp_path.glob('*.tmp'))
+
+
+def test_click_rates_push_one_domain_below_one_percent_and_leave_the_others():
+  plain = synthetic.generate(50_000, seed=3)
+  rare = synthetic.generate(50_000, seed=3, click_rates={'coupon': 0.005})
+  coupon = rare.domain == 'coupon'
+  assert coupon.sum() > 2000 and 0.002 < rare.click[coupon].mean() < 0.01
+  assert plain.click[coupon].mean() > 0.05  # it was not rare before
+  pd.testing.assert_frame_equal(rare[~coupon], plain[~coupon])
+  assert (rare.conversion <= rare.click).all()
+
+
+@pytest.mark.parametrize('rates, message', [({'kiosk': 0.01}, 'kiosk'), ({'coupon': 0.0}, 'strictly between')])
+def test_bad_click_rates_name_the_domain_or_the_range(rates, message):
+  with pytest.raises(ValueError, match=message):
+    synthetic.generate(100, click_rates=rates)

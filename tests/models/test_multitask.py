@@ -1,4 +1,4 @@
-"""Multi-task training: masked losses, loss balancing, PCGrad."""
+"""Multi-task training: masked losses, loss balancing, gradient surgery (PCGrad, GradVac)."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -51,16 +51,57 @@ def test_pcgrad_on_shared_variables_only():
   with tf.GradientTape(persistent=True) as tape:
     term_a = tf.reduce_sum(shared * [1.0, 0.0]) + 3.0 * only_a  # grad on shared: [1, 0]
     term_b = tf.reduce_sum(shared * [-1.0, 1.0]) - 2.0 * only_b  # grad on shared: [-1, 1]
-  gradients = multitask.pcgrad_gradients(tape, [term_a, term_b], [shared, only_a, only_b], tf.constant([0, 0]))
+  pcgrad = lambda flat: multitask.PCGrad(['a', 'b'])(flat, tf.constant([0, 0]))  # noqa: E731
+  gradients = multitask.surgery_gradients(tape, [term_a, term_b], [shared, only_a, only_b], pcgrad)
   np.testing.assert_allclose(gradients[0].numpy(), [0.5, 1.5], atol=1e-6)  # the two projections, summed
   assert float(gradients[1]) == 3.0 and float(gradients[2]) == -2.0  # the task's own plain gradient
 
 
-def _two_task_model(balancing, **kwargs):
-  """Two logistic outputs `clean` and `noisy` on the same 4 inputs."""
+def _cosine(a, b):
+  return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+
+def test_gradvac_lifts_a_cosine_below_its_target_to_it_by_hand():
+  g1, g2 = np.array([1.0, 0.0, 0.0]), np.array([-0.2, 1.0, 0.5])  # cos(g1, g2) = -0.178
+  targets = np.array([[0.0, 0.3], [0.1, 0.0]])
+  adjusted, new = (t.numpy() for t in multitask.vaccinate(
+      tf.constant([g1, g2], tf.float32), tf.constant(targets, tf.float32), tf.constant([0, 0]), beta=0.25))
+  np.testing.assert_allclose(_cosine(adjusted[0], g2), 0.3, atol=1e-5)  # g_1 turned to its target with g_2
+  np.testing.assert_allclose(_cosine(adjusted[1], g1), 0.1, atol=1e-5)  # g_2 to its own with the original g_1
+  # the closed form: g_1 + g_2 |g_1| (phi_hat sqrt(1 - phi^2) - phi sqrt(1 - phi_hat^2)) / (|g_2| sqrt(1 - phi_hat^2))
+  phi = _cosine(g1, g2)
+  step = (0.3 * np.sqrt(1 - phi ** 2) - phi * np.sqrt(1 - 0.3 ** 2)) / (np.linalg.norm(g2) * np.sqrt(1 - 0.3 ** 2))
+  np.testing.assert_allclose(adjusted[0], g1 + step * g2, rtol=1e-5)
+  np.testing.assert_allclose(new, [[0.0, 0.75 * 0.3 + 0.25 * phi], [0.75 * 0.1 + 0.25 * phi, 0.0]], rtol=1e-5)
+
+
+def test_gradvac_leaves_a_cosine_above_its_target_and_moves_the_target_toward_it():
+  gradients = np.array([[1.0, 0.2], [0.8, 0.5]])  # cos = 0.94
+  targets = np.array([[0.0, 0.5], [0.5, 0.0]], np.float32)
+  adjusted, new = multitask.vaccinate(tf.constant(gradients, tf.float32), tf.constant(targets), tf.constant([1, 2]),
+                                      beta=0.01)
+  np.testing.assert_allclose(adjusted, gradients, rtol=1e-6)
+  phi = _cosine(*gradients)
+  np.testing.assert_allclose(new, [[0.0, 0.99 * 0.5 + 0.01 * phi], [0.99 * 0.5 + 0.01 * phi, 0.0]], rtol=1e-5)
+
+
+def test_gradvac_keeps_its_targets_from_step_to_step():
+  surgery = multitask.GradVac(['a', 'b'])
+  gradients = tf.constant([[1.0, 0.0], [0.0, 1.0]])  # cos 0, equal to the starting target: nothing to lift
+  np.testing.assert_allclose(surgery(gradients, tf.constant([0, 0])), gradients)
+  surgery.targets.assign([[0.0, 0.5], [0.5, 0.0]])
+  adjusted = surgery(gradients, tf.constant([0, 1])).numpy()
+  np.testing.assert_allclose(_cosine(adjusted[0], gradients[1].numpy()), 0.5, atol=1e-5)
+  np.testing.assert_allclose(surgery.targets.numpy(), [[0.0, 0.495], [0.495, 0.0]], rtol=1e-6)
+
+
+def _two_task_model(balancing, shared_units=0, **kwargs):
+  """Two logistic outputs `clean` and `noisy` on the same 4 inputs, or on a hidden layer of `shared_units`
+  that both tasks' gradients reach."""
   tf_keras.utils.set_random_seed(0)
   x = tf_keras.Input((4,), name='x')
-  outputs = {t: tf_keras.layers.Dense(1, activation='sigmoid', name=t)(x) for t in ('clean', 'noisy')}
+  hidden = tf_keras.layers.Dense(shared_units, activation='relu', name='shared')(x) if shared_units else x
+  outputs = {t: tf_keras.layers.Dense(1, activation='sigmoid', name=t)(hidden) for t in ('clean', 'noisy')}
   targets = {'clean': Target('clean'), 'noisy': Target('noisy')}
   model = multitask.MultiTaskModel({'x': x}, outputs, targets, balancing=balancing, **kwargs)
   model.compile(tf_keras.optimizers.Adam(0.05))
@@ -114,14 +155,26 @@ def test_dwa_and_fixed_weights_in_training():
                              rtol=1e-5)
 
 
-def test_pcgrad_training_step_with_uncertainty():
-  model = _two_task_model('uncertainty', pcgrad=True)
+@pytest.mark.parametrize('surgery', ['pcgrad', 'gradvac'])
+def test_gradient_surgery_training_step_with_uncertainty(surgery):
+  model = _two_task_model('uncertainty', shared_units=4, gradient_surgery=surgery)
   history = model.fit(*_toy_data(), batch_size=64, epochs=2, verbose=0).history
   assert history['clean_loss'][-1] < history['clean_loss'][0]
   assert model.balancer.log_variances.numpy().any()  # a task-specific variable, trained by its own gradient
-  assert model.get_config()['pcgrad'] is True
+  assert model.get_config()['gradient_surgery'] == surgery
+  if surgery == 'gradvac':
+    assert model.step_state.surgery.targets.numpy()[0, 1] != 0.0  # the target cosine followed the observed ones
 
 
-def test_unknown_balancing_is_named():
+def test_a_model_saved_with_the_pcgrad_flag_loads_with_pcgrad():
+  config = _two_task_model('fixed', gradient_surgery='pcgrad').get_config()
+  config['pcgrad'] = True
+  del config['gradient_surgery']
+  assert multitask.MultiTaskModel.from_config(config).get_config()['gradient_surgery'] == 'pcgrad'
+
+
+def test_unknown_balancing_and_surgery_are_named():
   with pytest.raises(ValueError, match='gradnorm'):
     _two_task_model('gradnorm')
+  with pytest.raises(ValueError, match="'mgda'.*gradvac"):
+    _two_task_model('fixed', gradient_surgery='mgda')

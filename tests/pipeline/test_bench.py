@@ -1,6 +1,7 @@
 """The benchmark harness: aggregation, table, resuming and test-split encoding without pipelines; the command
 on a cell whose pipeline run is the session's shared run (tests/runs.py), and (`make test-all`) one real
 1-cell grid end to end."""
+import dataclasses
 import json
 import os
 import time
@@ -135,6 +136,16 @@ def test_run_grid_resumes_after_the_cells_in_the_jsonl(tmp_path, records, capsys
   started.clear()
   bench.run_grid(cells, TRAINING, str(tmp_path), run=fake_run)
   assert started == [cells[5]]  # only the failed cell again
+
+
+def test_a_record_from_before_a_training_field_counts_as_its_default():
+  cell = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0])[0]
+  older = _record(cell, 0.7, 0.72)
+  del older['training']['loss'], older['training']['rank_weight']
+  assert bench.is_record_of(older, cell, TRAINING)
+  assert not bench.is_record_of(older, cell, dataclasses.replace(TRAINING, loss='ranknet'))
+  assert dataclasses.replace(TRAINING, loss='ranknet', rank_weight=0.5).flags()[-4:] == [
+      '--loss', 'ranknet', '--rank-weight', '0.5']
 
 
 def test_one_pipeline_run_per_cell_with_the_other_methods_as_challengers():

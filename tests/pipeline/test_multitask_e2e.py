@@ -32,7 +32,7 @@ def test_every_task_is_evaluated_and_gated_with_its_floor():
   assert settings['task_floors'] == {'ctr': 0.6, 'cvr': 0.52, 'ctcvr': 0.6}
   assert settings['uncalibrated'] == ['cvr']  # P(conversion | click), scored over every exposure: AUC only
   with pytest.raises(ValueError, match='head'):
-    PipelineConfig('data', 'schema.pbtxt', 'out', synthetic.FEATURE_SPEC, pcgrad=True)
+    PipelineConfig('data', 'schema.pbtxt', 'out', synthetic.FEATURE_SPEC, gradient_surgery='pcgrad')
 
 
 @pytest.fixture(scope='module')

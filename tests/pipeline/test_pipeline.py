@@ -152,3 +152,34 @@ def test_split_folders_need_train_and_eval(tmp_path):
 def test_no_input_files_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match='No input found'):
     input_format(str(tmp_path))
+
+
+def test_loss_and_gradient_surgery_flags_reach_the_trainers(tmp_path):
+  data = str(tmp_path / 'data')
+  synthetic.write_csv(synthetic.generate(50), data)
+  parse = lambda *flags: tfx_runner.config_from_args(tfx_runner.build_parser().parse_args(  # noqa: E731
+      ['run', '--output-dir', str(tmp_path / 'out'), '--data-path', data, *flags]))
+  config = parse('--loss', 'ranknet+logloss', '--rank-weight', '0.5')
+  for node in ('PretrainTrainer', 'FinetuneTrainer'):
+    custom = json.loads({c.id: c for c in create_pipeline(config).components}[node].exec_properties['custom_config'])
+    assert (custom['loss'], custom['rank_weight']) == ('ranknet+logloss', 0.5)
+  assert (parse().loss, parse().rank_weight) == ('logloss', 1.0)
+  assert parse('--head', 'mmoe', '--gradient-surgery', 'gradvac').trainer_config('pretrain')['head_options'][
+      'gradient_surgery'] == 'gradvac'
+  assert parse('--head', 'esmm', '--pcgrad').gradient_surgery == 'pcgrad'  # the older flag, the same setting
+  args = tfx_runner.build_parser().parse_args(['bench', '--output-dir', str(tmp_path), '--loss', 'ranknet'])
+  assert args.loss == 'ranknet'
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'loss': 'hinge'}, "loss 'hinge'.*ranknet"),
+    ({'rank_weight': 2.0}, 'rank_weight 2.0 weighs the pairwise term'),
+    ({'loss': 'ranknet', 'rank_weight': -1.0}, 'rank_weight must be positive'),
+    ({'loss': 'ranknet', 'calibrate': False}, 'calibrate=True, or use loss ranknet\\+logloss'),
+    ({'loss': 'ranknet', 'head': 'esmm'}, 'leave loss at logloss with head'),
+    ({'head': 'esmm', 'gradient_surgery': 'mgda'}, "gradient_surgery 'mgda'.*gradvac"),
+    ({'gradient_surgery': 'gradvac'}, 'set head'),
+])
+def test_bad_loss_or_surgery_settings_name_the_field_and_the_fix(tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    _config(tmp_path, **overrides)
