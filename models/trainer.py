@@ -27,6 +27,7 @@ from tfx_bsl.public import tfxio  # noqa: E402
 from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils  # noqa: E402
 
 from models import ctnet  # noqa: E402
+from models import distribution  # noqa: E402
 from models import heads  # noqa: E402
 from models import model as model_lib  # noqa: E402
 from models import onboarding  # noqa: E402
@@ -42,6 +43,7 @@ TRAINING_STATS_FILE = 'training_stats.json'  # throughput and parameter counts, 
 MAX_IN_MEMORY_EXAMPLES = 2_000_000  # about 120 MB of parsed features for the default model
 IN_MEMORY_READ_BATCH = 8192
 EPOCHS = 5  # the training steps are logged in this many chunks, each with its throughput
+PARAMETER_SERVER_STEPS_PER_EXECUTION = 10
 
 
 def keras_model_path(model_artifact_dir: str) -> str:
@@ -224,22 +226,38 @@ def export_serving_model(model, tf_transform_output, spec: FeatureSpec, path: st
 
 
 def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spec: FeatureSpec,
-                      tf_transform_output, config: dict) -> None:
+                      tf_transform_output, config: dict, strategy: tf.distribute.Strategy) -> None:
+  """Trains `model` (built in `strategy`'s scope) and exports it. `batch_size` is the global batch: synchronous
+  replicas split it; each parameter-server worker takes whole batches of it."""
   batch_size, seed = config['batch_size'], config['seed']
   feature_names = list(model.input.keys())
   multitask = isinstance(model, MultiTaskModel)
   labels = heads.label_columns(spec) if multitask else None
+  parameter_server = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
   train = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
-                   feature_names, label_columns=labels)
+                   feature_names, label_columns=labels,
+                   # The workers build the dataset: they read the files rather than receive the split as constants.
+                   max_in_memory_examples=0 if parameter_server else MAX_IN_MEMORY_EXAMPLES)
+  if not parameter_server:
+    # Every synchronous replica builds the same pipeline and keeps its share of each global batch, so the
+    # replicas together see what one process would.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train = train.with_options(options)
   evaluation = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
                         feature_names, label_columns=labels, validation_steps=fn_args.eval_steps,
                         # Onboarding changes the new domains' scores alone: they alone judge its epochs.
                         validation_domains=config.get('onboard_domains') or ())
-  if multitask:  # the task losses, their balancing and per-task AUCs are the model's own train step
-    model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']))
-  else:
-    model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']),
-                  loss=tf_keras.losses.BinaryCrossentropy(), metrics=[tf_keras.metrics.AUC(name='auc')])
+  # Parameter-server steps are remote calls: a few steps a call saves round trips.
+  steps_per_execution = PARAMETER_SERVER_STEPS_PER_EXECUTION if parameter_server else 1
+  with strategy.scope():  # the optimizer's and the metrics' variables, beside the model's
+    if multitask:  # the task losses, their balancing and per-task AUCs are the model's own train step
+      model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']),
+                    steps_per_execution=steps_per_execution)
+    else:
+      model.compile(optimizer=tf_keras.optimizers.Adam(config['learning_rate']),
+                    loss=tf_keras.losses.BinaryCrossentropy(), metrics=[tf_keras.metrics.AUC(name='auc')],
+                    steps_per_execution=steps_per_execution)
   epochs, steps_per_epoch = epoch_plan(fn_args.train_steps)
   throughput = ThroughputLogger(batch_size, steps_per_epoch)
   best = BestValidationWeights(evaluation, monitor=f'val_{model_lib.PREDICTION}_auc' if multitask else 'val_auc')
@@ -262,12 +280,14 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   }
   _LOG.info('training throughput: %.0f examples/s (mean of epochs after the first)', stats['examples_per_second'])
 
-  keras_path = keras_model_path(fn_args.serving_model_dir)
-  tf.io.gfile.makedirs(os.path.dirname(keras_path))
-  model.save(keras_path)
-  with tf.io.gfile.GFile(os.path.join(os.path.dirname(keras_path), TRAINING_STATS_FILE), 'w') as f:
-    json.dump(stats, f, indent=2)
-  export_serving_model(model, tf_transform_output, spec, fn_args.serving_model_dir)
+  with distribution.writer_path(fn_args.serving_model_dir, strategy) as serving_model_dir:
+    keras_path = keras_model_path(serving_model_dir)
+    tf.io.gfile.makedirs(os.path.dirname(keras_path))
+    model.save(keras_path)
+    with tf.io.gfile.GFile(os.path.join(os.path.dirname(keras_path), TRAINING_STATS_FILE), 'w') as f:
+      json.dump(stats, f, indent=2)
+    export_serving_model(model, tf_transform_output, spec, serving_model_dir)
+  distribution.wait_for_every_replica(strategy)
 
 
 def fit_calibration(model: tf_keras.Model, calibration, evaluation, spec: FeatureSpec, domains=None) -> None:
@@ -298,6 +318,8 @@ def epoch_plan(train_steps: int):
 def _setup(fn_args):
   assert tf_keras.__version__.startswith('2.'), f'Keras 2 (tf_keras) required, got {tf_keras.__version__}'
   config = fn_args.custom_config
+  # First: a multi-worker strategy configures the process's collective ops before any op runs.
+  strategy = distribution.make_strategy(config.get(distribution.CONFIG_KEY, distribution.NONE))
   tf_keras.utils.set_random_seed(config['seed'])
   # Same seed, same weights; what the deterministic kernels cost: benchmarks/trainer_throughput.py --op-determinism.
   tf.config.experimental.enable_op_determinism()
@@ -306,7 +328,7 @@ def _setup(fn_args):
     options = {'dwa_period': epoch_plan(fn_args.train_steps)[1], 'seed': config['seed']}
     config = {**config, 'head_options': {**config['head_options'], **options}}
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-  return config, spec, tf_transform_output
+  return config, spec, tf_transform_output, strategy
 
 
 def build_stage_model(config, spec, tf_transform_output, freeze_backbone: bool, source_tower=None):
@@ -333,13 +355,14 @@ def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
   model, for continual runs) it starts from that model's backbone (`models.warm_start`). Run by the CTNet
   Trainer (a source model in `custom_config`), the backbone is CTNet's target tower beside the source model's
   frozen tower (`models.ctnet`); the warm start leaves that tower as the newest source model has it."""
-  config, spec, tf_transform_output = _setup(fn_args)
-  model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=False,
-                 source_tower=_source_tower(config, spec, tf_transform_output))
+  config, spec, tf_transform_output, strategy = _setup(fn_args)
+  with strategy.scope():
+    model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=False,
+                   source_tower=_source_tower(config, spec, tf_transform_output))
   if fn_args.base_model:
     base = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
     warm_start.warm_start(ctnet.without_source_tower(model), base, spec, tf_transform_output, fn_args.base_model)
-  _train_and_export(fn_args, model, spec, tf_transform_output, config)
+  _train_and_export(fn_args, model, spec, tf_transform_output, config, strategy)
 
 
 def finetune_run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -347,17 +370,18 @@ def finetune_run_fn(fn_args: tfx.components.FnArgs) -> None:
   MLoRA adapter per domain on every dense layer by default); the adaptation's weights and the embeddings
   train. A CTNet model keeps its source tower and adapters, frozen. Onboarding new domains
   (`onboard_domains`), `base_model` is the production model and only the new domains' adapters train."""
-  config, spec, tf_transform_output = _setup(fn_args)
+  config, spec, tf_transform_output, strategy = _setup(fn_args)
   if not fn_args.base_model:
     raise ValueError('The fine-tune Trainer needs base_model: wire it to the pretrain Trainer\'s model.')
   pretrained = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
-  if config.get('onboard_domains'):  # base_model is the production model
-    model = onboarding.onboarding_model(
-        spec, vocabulary_sizes(spec, tf_transform_output), config['onboard_domains'], pretrained,
-        tf_transform_output, fn_args.base_model, config['hidden_units'], config['embedding_dim'],
-        config['backbone'], config['adaptation_options'])
-  else:
-    model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=True,
-                   source_tower=ctnet.find_source_tower(pretrained))
-    model_lib.load_backbone_weights(model, ctnet.without_source_tower(pretrained))
-  _train_and_export(fn_args, model, spec, tf_transform_output, config)
+  with strategy.scope():
+    if config.get('onboard_domains'):  # base_model is the production model
+      model = onboarding.onboarding_model(
+          spec, vocabulary_sizes(spec, tf_transform_output), config['onboard_domains'], pretrained,
+          tf_transform_output, fn_args.base_model, config['hidden_units'], config['embedding_dim'],
+          config['backbone'], config['adaptation_options'])
+    else:
+      model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=True,
+                     source_tower=ctnet.find_source_tower(pretrained))
+      model_lib.load_backbone_weights(model, ctnet.without_source_tower(pretrained))
+  _train_and_export(fn_args, model, spec, tf_transform_output, config, strategy)
