@@ -32,7 +32,7 @@ JOIN_SECONDS = 600  # a task that has not ended by then is killed and the test f
 def config(work_dir: str, distribution: str = 'none', **settings) -> PipelineConfig:
   """Tiny shapes (embedding 4, hidden 8-4), no domain dropout: its mask is drawn per replica, so with it the
   replicas together would not train what one process trains."""
-  defaults = dict(hidden_units=(8, 4), embedding_dim=4, batch_size=64, pretrain_steps=50, finetune_steps=20,
+  defaults = dict(hidden_units=(8, 4), embedding_dim=4, batch_size=64, pretrain_steps=200, finetune_steps=20,
                   eval_steps=4, domain_dropout=0.0, finetune_domain_dropout=0.0)
   return PipelineConfig(data_path=work_dir, schema_path=schemas.DEFAULT_SCHEMA_PATH, output_dir=work_dir,
                         feature_spec=synthetic.FEATURE_SPEC, distribution=distribution, **{**defaults, **settings})
