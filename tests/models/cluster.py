@@ -3,12 +3,15 @@ real run_fn (as `benchmarks/calibration.py` runs it, on the project's Transform 
 a cluster on free 127.0.0.1 ports, each with its TF_CONFIG, always ended.
 
 `python -m tests.models.cluster STAGE WORK_DIR MODEL_DIR BASE_MODEL DISTRIBUTION` is one task of a cluster:
-it runs the stage's run_fn (a `ps` or `worker` task of a parameter-server cluster serves instead) and writes
-the trained weights it exports to MODEL_DIR/../weights-<task>.npz, from every replica (only the chief's
-export stays)."""
+it runs the stage's run_fn into the Model artifact folder MODEL_DIR (a `ps` or `worker` task of a
+parameter-server cluster serves instead) and writes the trained weights it exports to
+MODEL_DIR/weights-<task>.npz, from every replica (only the chief's export stays)."""
 import contextlib
+import faulthandler
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -50,7 +53,7 @@ def transformed(work_dir: str, data: Optional[dict] = None):
 
 
 def run_stage(stage: str, work_dir: str, model_dir: str, base_model: Optional[str], settings: dict) -> str:
-  """The stage's run_fn on the tiny data; its Format-Serving directory."""
+  """The stage's run_fn on the tiny data into the Model artifact folder `model_dir`; its Format-Serving folder."""
   transform_dir, accessor = transformed(work_dir)
   return calibration.train_stage(stage, config(work_dir, **settings), accessor, transform_dir, model_dir,
                                  base_model=base_model)
@@ -107,10 +110,12 @@ def finish(processes: dict, log_dir: str) -> None:
 
 
 def weights_file(model_dir: str, task: str) -> str:
-  return os.path.join(os.path.dirname(model_dir), f'weights-{task}.npz')
+  return os.path.join(model_dir, f'weights-{task}.npz')
 
 
 def _main(stage: str, work_dir: str, model_dir: str, base_model: str, distribution: str) -> None:
+  logging.basicConfig(level=logging.INFO)  # the Trainer's progress, in the task's log
+  faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` writes where a stuck task is to its log
   from models import distribution as distribution_lib  # pylint: disable=g-import-not-at-top
   from models import trainer  # pylint: disable=g-import-not-at-top
   export = trainer.export_serving_model

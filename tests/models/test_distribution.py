@@ -44,15 +44,15 @@ def data(tmp_path_factory):
   work = str(tmp_path_factory.mktemp('cluster'))
   examples = cluster.examples()
   cluster.transformed(work, examples)
-  pretrained = cluster.run_stage('pretrain', work, os.path.join(work, 'pretrain', 'Format-Serving'), None, {})
+  pretrained = cluster.run_stage('pretrain', work, os.path.join(work, 'pretrain'), None, {})
   return work, examples['test'], pretrained
 
 
 @pytest.mark.slow
 def test_two_multi_worker_replicas_train_what_one_process_trains(data):
   work, test_examples, pretrained = data
-  single = cluster.run_stage('finetune', work, os.path.join(work, 'single', 'Format-Serving'), pretrained, {})
-  model_dir = os.path.join(work, 'multi', 'Format-Serving')
+  single = cluster.run_stage('finetune', work, os.path.join(work, 'single'), pretrained, {})
+  model_dir = os.path.join(work, 'multi')
   logs = os.path.join(work, 'multi-logs')
   os.makedirs(logs)
   with cluster.started(cluster.cluster_spec(worker=2), ['finetune', work, model_dir, pretrained,
@@ -65,10 +65,11 @@ def test_two_multi_worker_replicas_train_what_one_process_trains(data):
   print(f'weights, max |worker 0 - worker 1|: {difference:.3g}')
   assert difference == 0.0  # all-reduced: the replicas hold the same weights, bit for bit
 
-  trained = tf_keras.models.load_model(keras_model_path(model_dir))  # the chief's export
+  serving_dir = os.path.join(model_dir, 'Format-Serving')
+  trained = tf_keras.models.load_model(keras_model_path(serving_dir))  # the chief's export
   adapters = [w for w in trained.weights if 'lora_b' in w.name]
   assert adapters and any(np.any(w.numpy() != 0) for w in adapters)  # B starts at 0: the adapters trained
-  scores = calibration.served_predictions(model_dir, test_examples)
+  scores = calibration.served_predictions(serving_dir, test_examples)
   expected = calibration.served_predictions(single, test_examples)
   gap = float(np.max(np.abs(scores - expected)))
   print(f'exported scores, max |2 workers - 1 process| on {len(scores)} test rows: {gap:.3g}')
@@ -78,7 +79,8 @@ def test_two_multi_worker_replicas_train_what_one_process_trains(data):
 @pytest.mark.slow
 def test_parameter_servers_hold_the_embedding_tables_in_shards_and_the_export_serves(data):
   work, test_examples, _ = data
-  model_dir = os.path.join(work, 'ps', 'Format-Serving')
+  model_dir = os.path.join(work, 'ps')
+  serving_dir = os.path.join(model_dir, 'Format-Serving')
   logs = os.path.join(work, 'ps-logs')
   os.makedirs(logs)
   spec = cluster.cluster_spec(chief=1, worker=1, ps=2)
@@ -89,7 +91,7 @@ def test_parameter_servers_hold_the_embedding_tables_in_shards_and_the_export_se
     shards = json.load(f)
   user_table = next(name for name in shards if transformed_name('user_id') in name and 'embeddings' in name)
   assert shards[user_table] == 2  # 50,000 x 4 floats: one shard per parameter server
-  scores = calibration.served_predictions(model_dir, test_examples)  # a fresh load, no strategy
+  scores = calibration.served_predictions(serving_dir, test_examples)  # a fresh load, no strategy
   assert np.all((scores > 0) & (scores < 1)) and np.std(scores) > 1e-3
-  with open(os.path.join(os.path.dirname(keras_model_path(model_dir)), 'training_stats.json')) as f:
+  with open(os.path.join(os.path.dirname(keras_model_path(serving_dir)), 'training_stats.json')) as f:
     assert json.load(f)['validation_auc'] > 0.6  # it learned on the workers
