@@ -114,7 +114,7 @@ def weights_file(model_dir: str, task: str) -> str:
 
 
 def _main(stage: str, work_dir: str, model_dir: str, base_model: str, distribution: str) -> None:
-  logging.basicConfig(level=logging.INFO, force=True)  # the Trainer's progress in the task's log (absl's handler drops INFO)
+  logging.basicConfig(level=logging.INFO, force=True)  # the Trainer's progress in the task's log (absl's drops it)
   faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` writes where a stuck task is to its log
   from models import distribution as distribution_lib  # pylint: disable=g-import-not-at-top
   from models import trainer  # pylint: disable=g-import-not-at-top

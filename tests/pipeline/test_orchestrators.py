@@ -79,7 +79,8 @@ def test_kubeflow_spec_runs_the_trainers_as_multi_worker_vertex_jobs(tmp_path):
     pools = config['ai_platform_training_args']['job_spec']['worker_pool_specs']
     assert [p['replica_count'] for p in pools] == [1, 3]  # the chief, then the other workers
     assert {p['container_spec']['image_uri'] for p in pools} == {'gcr.io/example/mdctr:1'}
-    assert config['ai_platform_training_args']['project'] == 'example' and config['ai_platform_vertex_region'] == 'europe-west4'
+    assert config['ai_platform_training_args']['project'] == 'example'
+    assert config['ai_platform_vertex_region'] == 'europe-west4'
 
 
 @requires_kfp
