@@ -80,12 +80,13 @@ class BestValidationWeights(tf_keras.callbacks.Callback):
   fine-tune that only overfits leaves the pretrained model as it was), nor a late, overfitted epoch.
   `best_epoch` is 0 for the starting weights."""
 
-  def __init__(self, validation, monitor: str = 'val_auc'):
+  def __init__(self, validation, monitor: str = 'val_auc', steps: Optional[int] = None):
     super().__init__()
-    self.validation, self.monitor = validation, monitor  # `validation`: the same finite batches as fit's
+    self.validation, self.monitor = validation, monitor  # `validation`: the same batches as fit's
+    self.steps = steps  # as fit's validation_steps
 
   def on_train_begin(self, logs=None):
-    start = self.model.evaluate(self.validation, return_dict=True, verbose=0)
+    start = self.model.evaluate(self.validation, steps=self.steps, return_dict=True, verbose=0)
     self.best, self.best_epoch, self.best_weights = start[self.monitor[len('val_'):]], 0, self.model.get_weights()
     _LOG.info('starting weights: %s=%.4f', self.monitor, self.best)
 
@@ -260,9 +261,14 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
                     steps_per_execution=steps_per_execution)
   epochs, steps_per_epoch = epoch_plan(fn_args.train_steps)
   throughput = ThroughputLogger(batch_size, steps_per_epoch)
-  best = BestValidationWeights(evaluation, monitor=f'val_{model_lib.PREDICTION}_auc' if multitask else 'val_auc')
-  model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=evaluation,
-            callbacks=[throughput, best], verbose=0)
+  # Parameter-server workers evaluate a set number of steps (the end of a finite dataset cancels them): the
+  # same batches, repeated.
+  validation_steps = fn_args.eval_steps if parameter_server else None
+  validation = evaluation.repeat() if parameter_server else evaluation
+  best = BestValidationWeights(validation, monitor=f'val_{model_lib.PREDICTION}_auc' if multitask else 'val_auc',
+                               steps=validation_steps)
+  model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
+            validation_steps=validation_steps, callbacks=[throughput, best], verbose=0)
   calibration = model_lib.calibration_layer(model)
   if calibration is not None:
     onboard = [spec.domains.index(d) for d in config.get('onboard_domains') or ()]
