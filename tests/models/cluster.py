@@ -123,8 +123,6 @@ def _main(stage: str, work_dir: str, model_dir: str, base_model: str, distributi
 
   def export_and_record(model, *args):  # what each replica trained, before only the chief's export stays
     np.savez(weights_file(model_dir, task), **{w.name: np.asarray(w.numpy()) for w in model.weights})
-    with open(weights_file(model_dir, task) + '.json', 'w') as f:
-      json.dump({w.name: len(getattr(w, 'variables', [w])) for w in model.weights}, f)  # shards per weight
     export(model, *args)
 
   trainer.export_serving_model = export_and_record
