@@ -68,6 +68,10 @@ BEAM_RUNNER_HELP = ('Beam runner for the Beam components, with its arguments (pi
                     '--beam-arg values follow them. Default: --beam-arg values alone, else direct')
 
 
+DISTRIBUTION_HELP = ('the Trainers\' tf.distribute strategy (models/distribution.py): none (one process, the default), '
+                     'mirrored (this machine\'s GPUs), multi_worker or parameter_server (the cluster from TF_CONFIG)')
+
+
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
   """The training-length and model-size options every pipeline-running command shares."""
   from models.ranking import LOSSES  # pylint: disable=g-import-not-at-top
@@ -105,6 +109,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
   from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
   from models.heads import HEADS  # pylint: disable=g-import-not-at-top
   from models.multitask import BALANCINGS, SURGERIES  # pylint: disable=g-import-not-at-top
+  from models.distribution import STRATEGIES  # pylint: disable=g-import-not-at-top
   from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
   _add_training_options(parser)
   parser.add_argument('--alpha', type=_positive(int), default=None,
@@ -161,6 +166,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--verbose', action='store_true',
                       help='print the TFX, Beam and TensorFlow logs on the terminal too; they always go to '
                            'OUTPUT_DIR/logs/run.log, and the terminal shows a line per finished component')
+  parser.add_argument('--distribution', choices=list(STRATEGIES), default=None, help=DISTRIBUTION_HELP)
   parser.add_argument('--enable-cache', action='store_true', default=None,
                       help='reuse the outputs of components whose inputs and settings did not change since an '
                            'earlier run in OUTPUT_DIR (a re-run after a failed run); off by default')
@@ -168,6 +174,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
   from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
+  from models.distribution import STRATEGIES  # pylint: disable=g-import-not-at-top
   from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='tfx_runner.py', description=__doc__.splitlines()[0])
   commands = parser.add_subparsers(dest='command', required=True)
@@ -218,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
                              'test they are pooled, "" for files directly in the span folder, both split 3:1:1 '
                              'into train, eval and test by hash')
   compile_.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
+  compile_.add_argument('--distribution', choices=list(STRATEGIES), default=None,
+                        help=DISTRIBUTION_HELP + '; multi_worker by default with --trainer-replicas above 1')
+  compile_.add_argument('--trainer-replicas', type=_positive(int), default=None,
+                        help='run each Trainer as a Vertex AI custom job of N replicas (a chief and N-1 workers, '
+                             'multi_worker) in IMAGE; needs --vertex-project and --vertex-region (default 1: the '
+                             'Trainer runs in its pipeline step)')
+  compile_.add_argument('--vertex-project', help='the Google Cloud project of the Trainers\' Vertex AI jobs')
+  compile_.add_argument('--vertex-region', help='the region of the Trainers\' Vertex AI jobs (e.g. europe-west4)')
   compile_.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
                         help='Beam pipeline argument, repeatable, after the runner\'s (e.g. --beam-arg=--project=P)')
 
@@ -451,7 +466,9 @@ def compile_pipeline(args) -> int:
         args.data_root, args.pipeline_root,
         FeatureSpec.load(args.feature_spec) if args.feature_spec else synthetic.FEATURE_SPEC,
         schema_path=args.schema, data_format=args.data_format, splits=args.splits,
-        beam_pipeline_args=beam_pipeline_args(args.beam_runner, args.beam_arg))
+        beam_pipeline_args=beam_pipeline_args(args.beam_runner, args.beam_arg), distribution=args.distribution,
+        trainer_replicas=args.trainer_replicas, trainer_image=args.image, vertex_project=args.vertex_project,
+        vertex_region=args.vertex_region)
     path = orchestrators.compile_kubeflow(config, args.image, args.output)
   except (ValueError, RuntimeError, FileNotFoundError) as error:
     raise SystemExit(f'compile: {error}') from error
@@ -519,6 +536,7 @@ def config_from_args(args):
       'onboard_domains': tuple(args.onboard_domains) if args.onboard_domains else None,
       'challengers': tuple(args.challenger) if args.challenger else None,
       'enable_cache': args.enable_cache,
+      'distribution': args.distribution,
       'adaptation_options': dict(args.adaptation_option) if args.adaptation_option else None,
   }
   if args.onboard_domains and not os.path.isdir(os.path.join(output_dir, 'serving')):

@@ -27,6 +27,7 @@ from tfx_bsl.public import tfxio  # noqa: E402
 from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils  # noqa: E402
 
 from models import ctnet  # noqa: E402
+from models import distribution  # noqa: E402
 from models import heads  # noqa: E402
 from models import model as model_lib  # noqa: E402
 from models import onboarding  # noqa: E402
@@ -43,6 +44,7 @@ TRAINING_STATS_FILE = 'training_stats.json'  # throughput and parameter counts, 
 MAX_IN_MEMORY_EXAMPLES = 2_000_000  # about 120 MB of parsed features for the default model
 IN_MEMORY_READ_BATCH = 8192
 EPOCHS = 5  # the training steps are logged in this many chunks, each with its throughput
+PARAMETER_SERVER_STEPS_PER_EXECUTION = 10
 
 
 def keras_model_path(model_artifact_dir: str) -> str:
@@ -79,12 +81,13 @@ class BestValidationWeights(tf_keras.callbacks.Callback):
   fine-tune that only overfits leaves the pretrained model as it was), nor a late, overfitted epoch.
   `best_epoch` is 0 for the starting weights."""
 
-  def __init__(self, validation, monitor: str = 'val_auc'):
+  def __init__(self, validation, monitor: str = 'val_auc', steps: Optional[int] = None):
     super().__init__()
-    self.validation, self.monitor = validation, monitor  # `validation`: the same finite batches as fit's
+    self.validation, self.monitor = validation, monitor  # `validation`: the same batches as fit's
+    self.steps = steps  # as fit's validation_steps
 
   def on_train_begin(self, logs=None):
-    start = self.model.evaluate(self.validation, return_dict=True, verbose=0)
+    start = self.model.evaluate(self.validation, steps=self.steps, return_dict=True, verbose=0)
     self.best, self.best_epoch, self.best_weights = start[self.monitor[len('val_'):]], 0, self.model.get_weights()
     _LOG.info('starting weights: %s=%.4f', self.monitor, self.best)
 
@@ -225,23 +228,42 @@ def export_serving_model(model, tf_transform_output, spec: FeatureSpec, path: st
 
 
 def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spec: FeatureSpec,
-                      tf_transform_output, config: dict) -> None:
+                      tf_transform_output, config: dict, strategy: tf.distribute.Strategy) -> None:
+  """Trains `model` (built in `strategy`'s scope) and exports it. `batch_size` is the global batch: synchronous
+  replicas split it; each parameter-server worker takes whole batches of it."""
   batch_size, seed = config['batch_size'], config['seed']
   feature_names = list(model.input.keys())
   multitask = isinstance(model, MultiTaskModel)
   labels = heads.label_columns(spec) if multitask else None
+  parameter_server = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
   train = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
-                   feature_names, label_columns=labels)
+                   feature_names, label_columns=labels,
+                   # The workers build the dataset: they read the files rather than receive the split as constants.
+                   max_in_memory_examples=0 if parameter_server else MAX_IN_MEMORY_EXAMPLES)
+  if not parameter_server:
+    # Every synchronous replica builds the same pipeline and keeps its share of each global batch, so the
+    # replicas together see what one process would.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train = train.with_options(options)
   evaluation = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, spec, batch_size, seed,
                         feature_names, label_columns=labels, validation_steps=fn_args.eval_steps,
                         # Onboarding changes the new domains' scores alone: they alone judge its epochs.
                         validation_domains=config.get('onboard_domains') or ())
-  trained = training_model(model, config)
+  # Parameter-server steps are remote calls: a few steps a call saves round trips.
+  steps_per_execution = PARAMETER_SERVER_STEPS_PER_EXECUTION if parameter_server else 1
+  with strategy.scope():  # the optimizer's and the metrics' variables, beside the model's
+    trained = training_model(model, config, steps_per_execution)
   epochs, steps_per_epoch = epoch_plan(fn_args.train_steps)
   throughput = ThroughputLogger(batch_size, steps_per_epoch)
-  best = BestValidationWeights(evaluation, monitor=f'val_{model_lib.PREDICTION}_auc' if multitask else 'val_auc')
-  trained.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=evaluation,
-              callbacks=[throughput, best], verbose=0)
+  # Parameter-server workers evaluate a set number of steps (the end of a finite dataset cancels them): the
+  # same batches, repeated.
+  validation_steps = fn_args.eval_steps if parameter_server else None
+  validation = evaluation.repeat() if parameter_server else evaluation
+  best = BestValidationWeights(validation, monitor=f'val_{model_lib.PREDICTION}_auc' if multitask else 'val_auc',
+                               steps=validation_steps)
+  trained.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
+              validation_steps=validation_steps, callbacks=[throughput, best], verbose=0)
   calibration = model_lib.calibration_layer(model)
   if calibration is not None:
     onboard = [spec.domains.index(d) for d in config.get('onboard_domains') or ()]
@@ -259,29 +281,31 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   }
   _LOG.info('training throughput: %.0f examples/s (mean of epochs after the first)', stats['examples_per_second'])
 
-  keras_path = keras_model_path(fn_args.serving_model_dir)
-  tf.io.gfile.makedirs(os.path.dirname(keras_path))
-  model.save(keras_path)
-  with tf.io.gfile.GFile(os.path.join(os.path.dirname(keras_path), TRAINING_STATS_FILE), 'w') as f:
-    json.dump(stats, f, indent=2)
-  export_serving_model(model, tf_transform_output, spec, fn_args.serving_model_dir)
+  with distribution.writer_path(fn_args.serving_model_dir, strategy) as serving_model_dir:
+    keras_path = keras_model_path(serving_model_dir)
+    tf.io.gfile.makedirs(os.path.dirname(keras_path))
+    model.save(keras_path)
+    with tf.io.gfile.GFile(os.path.join(os.path.dirname(keras_path), TRAINING_STATS_FILE), 'w') as f:
+      json.dump(stats, f, indent=2)
+    export_serving_model(model, tf_transform_output, spec, serving_model_dir)
+  distribution.wait_for_every_replica(strategy)
 
 
-def training_model(model: tf_keras.Model, config: dict) -> tf_keras.Model:
+def training_model(model: tf_keras.Model, config: dict, steps_per_execution: int = 1) -> tf_keras.Model:
   """`model`, or the model that trains its weights, compiled with the stage's Adam step: a multi-task model
   trains on its own task losses (its train step); a click model on log loss, or with `loss` ranknet or
   ranknet+logloss on `ranking.click_objective` (`ranking.RankingLossModel`, weighted by `rank_weight`)."""
   optimizer = tf_keras.optimizers.Adam(config['learning_rate'])
   if isinstance(model, MultiTaskModel):
-    model.compile(optimizer=optimizer)
+    model.compile(optimizer=optimizer, steps_per_execution=steps_per_execution)
     return model
   loss = config.get('loss', ranking.LOGLOSS)
   if loss == ranking.LOGLOSS:
     model.compile(optimizer=optimizer, loss=tf_keras.losses.BinaryCrossentropy(),
-                  metrics=[tf_keras.metrics.AUC(name='auc')])
+                  metrics=[tf_keras.metrics.AUC(name='auc')], steps_per_execution=steps_per_execution)
     return model
   trained = ranking.RankingLossModel(model, model_lib.PREDICTION, loss, config.get('rank_weight', 1.0))
-  trained.compile(optimizer=optimizer)
+  trained.compile(optimizer=optimizer, steps_per_execution=steps_per_execution)
   return trained
 
 
@@ -313,6 +337,8 @@ def epoch_plan(train_steps: int):
 def _setup(fn_args):
   assert tf_keras.__version__.startswith('2.'), f'Keras 2 (tf_keras) required, got {tf_keras.__version__}'
   config = fn_args.custom_config
+  # First: a multi-worker strategy configures the process's collective ops before any op runs.
+  strategy = distribution.make_strategy(config.get(distribution.CONFIG_KEY, distribution.NONE))
   tf_keras.utils.set_random_seed(config['seed'])
   # Same seed, same weights; what the deterministic kernels cost: benchmarks/trainer_throughput.py --op-determinism.
   tf.config.experimental.enable_op_determinism()
@@ -321,7 +347,7 @@ def _setup(fn_args):
     options = {'dwa_period': epoch_plan(fn_args.train_steps)[1], 'seed': config['seed']}
     config = {**config, 'head_options': {**config['head_options'], **options}}
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-  return config, spec, tf_transform_output
+  return config, spec, tf_transform_output, strategy
 
 
 def build_stage_model(config, spec, tf_transform_output, freeze_backbone: bool, source_tower=None):
@@ -348,13 +374,14 @@ def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
   model, for continual runs) it starts from that model's backbone (`models.warm_start`). Run by the CTNet
   Trainer (a source model in `custom_config`), the backbone is CTNet's target tower beside the source model's
   frozen tower (`models.ctnet`); the warm start leaves that tower as the newest source model has it."""
-  config, spec, tf_transform_output = _setup(fn_args)
-  model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=False,
-                 source_tower=_source_tower(config, spec, tf_transform_output))
+  config, spec, tf_transform_output, strategy = _setup(fn_args)
+  with strategy.scope():
+    model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=False,
+                   source_tower=_source_tower(config, spec, tf_transform_output))
   if fn_args.base_model:
     base = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
     warm_start.warm_start(ctnet.without_source_tower(model), base, spec, tf_transform_output, fn_args.base_model)
-  _train_and_export(fn_args, model, spec, tf_transform_output, config)
+  _train_and_export(fn_args, model, spec, tf_transform_output, config, strategy)
 
 
 def finetune_run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -362,17 +389,18 @@ def finetune_run_fn(fn_args: tfx.components.FnArgs) -> None:
   MLoRA adapter per domain on every dense layer by default); the adaptation's weights and the embeddings
   train. A CTNet model keeps its source tower and adapters, frozen. Onboarding new domains
   (`onboard_domains`), `base_model` is the production model and only the new domains' adapters train."""
-  config, spec, tf_transform_output = _setup(fn_args)
+  config, spec, tf_transform_output, strategy = _setup(fn_args)
   if not fn_args.base_model:
     raise ValueError('The fine-tune Trainer needs base_model: wire it to the pretrain Trainer\'s model.')
   pretrained = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
-  if config.get('onboard_domains'):  # base_model is the production model
-    model = onboarding.onboarding_model(
-        spec, vocabulary_sizes(spec, tf_transform_output), config['onboard_domains'], pretrained,
-        tf_transform_output, fn_args.base_model, config['hidden_units'], config['embedding_dim'],
-        config['backbone'], config['adaptation_options'])
-  else:
-    model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=True,
-                   source_tower=ctnet.find_source_tower(pretrained))
-    model_lib.load_backbone_weights(model, ctnet.without_source_tower(pretrained))
-  _train_and_export(fn_args, model, spec, tf_transform_output, config)
+  with strategy.scope():
+    if config.get('onboard_domains'):  # base_model is the production model
+      model = onboarding.onboarding_model(
+          spec, vocabulary_sizes(spec, tf_transform_output), config['onboard_domains'], pretrained,
+          tf_transform_output, fn_args.base_model, config['hidden_units'], config['embedding_dim'],
+          config['backbone'], config['adaptation_options'])
+    else:
+      model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=True,
+                     source_tower=ctnet.find_source_tower(pretrained))
+      model_lib.load_backbone_weights(model, ctnet.without_source_tower(pretrained))
+  _train_and_export(fn_args, model, spec, tf_transform_output, config, strategy)

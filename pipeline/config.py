@@ -145,6 +145,16 @@ class PipelineConfig:
   # With data_format: the split folders (train, eval, test; without test they are pooled), or None for
   # files directly under the span folder; both split by hash unless all three are given.
   data_splits: Optional[Tuple[str, ...]] = None
+  # Training beyond one process (models/distribution.py): the Trainers' tf.distribute strategy, `none`,
+  # `mirrored` (this machine's GPUs), `multi_worker` or `parameter_server` (the cluster from TF_CONFIG).
+  # `trainer_replicas` > 1 (Kubeflow spec only): each Trainer runs as a Vertex AI custom job of that many
+  # multi_worker replicas in `trainer_image`, in `vertex_project` and `vertex_region`
+  # (pipeline/pipeline.py vertex_training_config).
+  distribution: str = 'none'
+  trainer_replicas: int = 1
+  trainer_image: Optional[str] = None
+  vertex_project: Optional[str] = None
+  vertex_region: Optional[str] = None
   # Reuse the outputs of components whose inputs and settings did not change (a re-run after a failure).
   # ImportSchemaGen has no inputs: it is keyed on the schema's path, so a changed schema needs a new path.
   enable_cache: bool = False
@@ -154,6 +164,14 @@ class PipelineConfig:
       self.spans = bool(span_numbers(self.data_path))
     if self.warm_start is None:
       self.warm_start = self.spans or bool(self.transfer_source)
+    from models import distribution  # pylint: disable=g-import-not-at-top  # imports TF
+    distribution.check(self.distribution)
+    if self.trainer_replicas > 1 and self.distribution != distribution.MULTI_WORKER:
+      raise ValueError(f'trainer_replicas {self.trainer_replicas} needs distribution multi_worker (got '
+                       f'{self.distribution!r}): replicas of a single-process Trainer would each train alone.')
+    if self.trainer_replicas > 1 and not (self.vertex_project and self.vertex_region and self.trainer_image):
+      raise ValueError('trainer_replicas > 1 runs the Trainers as Vertex AI custom jobs: set vertex_project, '
+                       'vertex_region and trainer_image (compile: --vertex-project, --vertex-region, --image).')
     if self.data_format not in (None, 'csv', 'tfrecord'):
       raise ValueError(f'data_format must be csv or tfrecord, got {self.data_format!r}.')
     if not self.head and (self.balancing != 'fixed' or self.gradient_surgery or self.task_min_auc or
@@ -280,6 +298,8 @@ class PipelineConfig:
         'onboard_domains': list(self.onboard_domains) if stage == 'finetune' else [],
         **({'head': self.head, 'head_options': {**self.head_options, 'balancing': self.balancing,
                                                 'gradient_surgery': self.gradient_surgery}} if self.head else {}),
+        # Absent when `none`, so that the Trainers' settings (and cache keys) stay as they were.
+        **({'distribution': self.distribution} if self.distribution != 'none' else {}),
     }
 
   def transform_config(self) -> dict:

@@ -25,14 +25,18 @@ KUBEFLOW_FORMATS = ('.json', '.yaml', '.yml')
 
 def scheduled_config(data_root: str, output_dir: str, feature_spec: FeatureSpec, schema_path: Optional[str] = None,
                      data_format: str = 'csv', splits: Sequence[str] = ('train', 'eval', 'test'),
-                     beam_pipeline_args: Optional[Sequence[str]] = None) -> PipelineConfig:
+                     beam_pipeline_args: Optional[Sequence[str]] = None, **training) -> PipelineConfig:
   """The settings of a scheduled run. Nothing is read from `data_root` or `output_dir` (they may be
   gs:// locations, or not exist yet): the input layout is given, and the schema defaults to
-  `DATA_ROOT/schema.pbtxt`, published with the data."""
+  `DATA_ROOT/schema.pbtxt`, published with the data. `training`: the Trainers' distribution settings
+  (`distribution`, `trainer_replicas`, `trainer_image`, `vertex_project`, `vertex_region`); more than one
+  replica trains multi_worker unless told otherwise."""
+  if (training.get('trainer_replicas') or 1) > 1 and not training.get('distribution'):
+    training['distribution'] = 'multi_worker'
   config = PipelineConfig(
       data_path=data_root, schema_path=schema_path or os.path.join(data_root, schemas.SCHEMA_FILE),
       output_dir=output_dir, feature_spec=feature_spec, spans=True, warm_start=True, data_format=data_format,
-      data_splits=tuple(splits) or None)
+      data_splits=tuple(splits) or None, **{k: v for k, v in training.items() if v is not None})
   if beam_pipeline_args is not None:
     config.beam_pipeline_args = list(beam_pipeline_args)
   return config

@@ -18,6 +18,8 @@ from pipeline.orchestrators import compile_kubeflow, scheduled_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata', 'kubeflow_pipeline.json')
+REPLICAS_GOLDEN = os.path.join(os.path.dirname(GOLDEN), 'kubeflow_pipeline_replicas.json')
+REPLICAS = ['--trainer-replicas', '4', '--vertex-project', 'example', '--vertex-region', 'europe-west4']
 UPDATE_GOLDEN = 'MDCTR_UPDATE_GOLDEN'  # set to 1 to rewrite the golden file from the compiled spec
 MASKED = '<masked>'
 VOLATILE = (('labels',), ('pipelineSpec', 'sdkVersion'))  # TFX and Python versions
@@ -53,14 +55,40 @@ def _beam_args(spec: dict, executor: str):
 
 
 @requires_kfp
-def test_kubeflow_spec_matches_golden_file(tmp_path):
-  spec = _masked(_compile(tmp_path / 'pipeline.json'))
+@pytest.mark.parametrize('golden,extra', [(GOLDEN, []), (REPLICAS_GOLDEN, REPLICAS)], ids=['default', 'replicas'])
+def test_kubeflow_spec_matches_golden_file(golden, extra, tmp_path):
+  spec = _masked(_compile(tmp_path / 'pipeline.json', *extra))
   if os.environ.get(UPDATE_GOLDEN):
-    with open(GOLDEN, 'w') as f:
+    with open(golden, 'w') as f:
       json.dump(spec, f, indent=1, sort_keys=True)
       f.write('\n')
-  with open(GOLDEN) as f:
-    assert spec == json.load(f), f'compiled spec differs from {GOLDEN}; if intended, rerun with {UPDATE_GOLDEN}=1'
+  with open(golden) as f:
+    assert spec == json.load(f), f'compiled spec differs from {golden}; if intended, rerun with {UPDATE_GOLDEN}=1'
+
+
+@requires_kfp
+def test_kubeflow_spec_runs_the_trainers_as_multi_worker_vertex_jobs(tmp_path):
+  spec = _compile(tmp_path / 'pipeline.json', *REPLICAS)
+  executors = spec['pipelineSpec']['deploymentSpec']['executors']
+  tasks = spec['pipelineSpec']['root']['dag']['tasks']
+  for trainer in ('PretrainTrainer', 'FinetuneTrainer'):
+    assert 'google_cloud_ai_platform' in json.dumps(executors[f'{trainer}_executor'])  # the Vertex executor
+    config = json.loads(tasks[trainer]['inputs']['parameters']['custom_config']['runtimeValue']['constantValue']
+                        ['stringValue'])
+    assert config['distribution'] == 'multi_worker'
+    pools = config['ai_platform_training_args']['job_spec']['worker_pool_specs']
+    assert [p['replica_count'] for p in pools] == [1, 3]  # the chief, then the other workers
+    assert {p['container_spec']['image_uri'] for p in pools} == {'gcr.io/example/mdctr:1'}
+    assert config['ai_platform_training_args']['project'] == 'example'
+    assert config['ai_platform_vertex_region'] == 'europe-west4'
+
+
+@requires_kfp
+def test_kubeflow_trainer_replicas_name_what_they_need(tmp_path):
+  with pytest.raises(SystemExit, match='--vertex-project, --vertex-region'):
+    tfx_runner.main(COMPILE + ['--output', str(tmp_path / 'p.json'), '--trainer-replicas', '2'])
+  with pytest.raises(SystemExit, match="needs distribution multi_worker \\(got 'parameter_server'\\)"):
+    tfx_runner.main(COMPILE + ['--output', str(tmp_path / 'p.json'), '--distribution', 'parameter_server', *REPLICAS])
 
 
 @requires_kfp

@@ -102,6 +102,17 @@ def test_adaptation_option_flags_are_read_as_json(tmp_path):
                      '--adaptation-option', 'adasparse_from=scaling'])
 
 
+def test_the_distribution_flag_reaches_both_trainers_and_none_leaves_their_settings_as_they_were(tmp_path):
+  args = tfx_runner.build_parser().parse_args(['run', '--output-dir', str(tmp_path), '--distribution', 'multi_worker'])
+  config = tfx_runner.config_from_args(args)
+  for node in ('PretrainTrainer', 'FinetuneTrainer'):
+    custom = json.loads({c.id: c for c in create_pipeline(config).components}[node].exec_properties['custom_config'])
+    assert custom['distribution'] == 'multi_worker'
+  assert 'distribution' not in _config(tmp_path).trainer_config('pretrain')
+  with pytest.raises(ValueError, match='distribution .horovod. is unknown: choose one of none, mirrored'):
+    _config(tmp_path, distribution='horovod')
+
+
 def test_gate_settings_come_from_the_config_and_tfma_only_reports(tmp_path):
   config = _config(tmp_path, min_domain_auc=0.6, auc_tolerance=0.02, logloss_tolerance=0.003, gate_min_examples=50,
                    gate_min_positives=5)
