@@ -42,6 +42,16 @@ def _task_thresholds(text: str):
     raise argparse.ArgumentTypeError(f'expected TASK=AUC pairs joined by ",", like cvr=0.6,ctcvr=0.6; got {text!r}')
 
 
+def _constraint(text: str) -> str:
+  """A `--constraint` spec, checked as models/constraints.py parses it (its task is checked against the head's)."""
+  from models.constraints import parse_constraint  # pylint: disable=g-import-not-at-top  # imports TF
+  try:
+    parse_constraint(text)
+  except ValueError as error:
+    raise argparse.ArgumentTypeError(str(error)) from error
+  return text
+
+
 def _option(text: str):
   """KEY=VALUE, VALUE read as JSON when it parses (numbers, lists, true/false), else as a string."""
   key, sep, value = text.partition('=')
@@ -110,7 +120,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
   from models.heads import HEADS  # pylint: disable=g-import-not-at-top
   from models.multitask import BALANCINGS, SURGERIES  # pylint: disable=g-import-not-at-top
   from models.distribution import STRATEGIES  # pylint: disable=g-import-not-at-top
-  from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
+  from pipeline.config import BEAM_RUNNER_ARGS, PipelineConfig  # pylint: disable=g-import-not-at-top
   _add_training_options(parser)
   parser.add_argument('--alpha', type=_positive(int), default=None,
                       help='MLoRA rank divisor: each layer gets rank max(d_out // alpha, 1) (default 8)')
@@ -139,6 +149,13 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                            'toward its moving-average cosine (default: neither)')
   parser.add_argument('--pcgrad', dest='gradient_surgery', action='store_const', const='pcgrad',
                       help='the same as --gradient-surgery pcgrad')
+  parser.add_argument('--constraint', type=_constraint, action='append', default=None, metavar='TASK_METRIC>=BOUND',
+                      help='repeatable, with --head: a bound the training must keep on the eval batches, an AUC floor '
+                           '(cvr_auc>=0.70) or a loss ceiling (cvr_loss<=0.3), through a Lagrangian multiplier raised '
+                           'by dual ascent while it is broken (models/constraints.py)')
+  parser.add_argument('--dual-step', type=_positive(float), default=None,
+                      help='with --constraint: the dual ascent step of the multipliers per epoch (default '
+                           f'{PipelineConfig.dual_step:g})')
   parser.add_argument('--min-domain-auc', type=float, default=None,
                       help='promotion gate, first run (no production model yet): a domain with enough test data, '
                            'or the whole test split, blocks the model when its AUC interval lies below this '
@@ -194,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--rows', type=_positive(int), default=None,
                    help='rows of synthetic data to generate (default 200000); ignored with --data-path')
   run.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
+  run.add_argument('--label', choices=['click', 'value'], default='click',
+                   help='the generated data\'s training label: click (default), or value, the reconstructed ads '
+                        'objective: an exposure whose revenue beats its domain\'s running average revenue per '
+                        'exposure (data/revenue.py); ignored with --data-path, whose features.json names the label')
   _add_pipeline_options(run)
   run.add_argument('--onboard-domains', type=lambda text: [d for d in text.split(',') if d], default=None,
                    metavar='DOMAIN[,DOMAIN]',
@@ -256,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='day the new domain mini_program appears (default 4)')
   simulate.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
   _add_pipeline_options(simulate)
-  simulate.set_defaults(schema=None, rows=None, onboard_domains=None)  # the days bring their data and domains
+  simulate.set_defaults(schema=None, rows=None, onboard_domains=None, label='click')  # the days bring their data
 
   prepare = commands.add_parser(
       'prepare', help='turn a public dataset into the pipeline\'s raw, domain-tagged input',
@@ -499,7 +520,7 @@ def simulate_spans(args) -> int:
 
 
 def config_from_args(args):
-  from data import synthetic  # pylint: disable=g-import-not-at-top
+  from data import revenue, synthetic  # pylint: disable=g-import-not-at-top
   from models.features import FEATURE_SPEC_FILE, FeatureSpec  # pylint: disable=g-import-not-at-top
   from pipeline.config import PipelineConfig, beam_pipeline_args  # pylint: disable=g-import-not-at-top
   import schemas  # pylint: disable=g-import-not-at-top
@@ -517,8 +538,12 @@ def config_from_args(args):
     data_path = os.path.join(output_dir, 'data')
     rows = args.rows or synthetic.DEFAULT_ROWS
     print(f'Generating {rows} rows of synthetic multi-domain click logs (seed {args.seed}) into {data_path}')
-    synthetic.write_csv(synthetic.generate(rows, args.seed), data_path)
-    spec, schema_path = synthetic.FEATURE_SPEC, args.schema or schemas.DEFAULT_SCHEMA_PATH
+    if args.label == revenue.VALUE_LABEL:  # its own features.json and schema: the curated schema has no value
+      revenue.write_value_data(synthetic.generate(rows, args.seed, revenue=True), data_path)
+      spec, schema_path = revenue.VALUE_SPEC, args.schema or os.path.join(data_path, schemas.SCHEMA_FILE)
+    else:
+      synthetic.write_csv(synthetic.generate(rows, args.seed), data_path)
+      spec, schema_path = synthetic.FEATURE_SPEC, args.schema or schemas.DEFAULT_SCHEMA_PATH
 
   overrides = {
       'pretrain_steps': args.pretrain_steps, 'finetune_steps': args.finetune_steps, 'eval_steps': args.eval_steps,
@@ -531,6 +556,7 @@ def config_from_args(args):
       'gate_min_positives': args.gate_min_positives,
       'head': args.head, 'balancing': args.balancing, 'gradient_surgery': args.gradient_surgery,
       'task_min_auc': args.task_min_auc, 'loss': args.loss, 'rank_weight': args.rank_weight,
+      'constraints': tuple(args.constraint) if args.constraint else None, 'dual_step': args.dual_step,
       'beam_pipeline_args': beam_pipeline_args(args.beam_runner, args.beam_arg),
       'transfer_source': os.path.abspath(args.transfer_source) if args.transfer_source else None,
       'onboard_domains': tuple(args.onboard_domains) if args.onboard_domains else None,

@@ -15,6 +15,12 @@ follow a click: P(conversion | click) = sigmoid(b_cvr + <u, w>), P(conversion | 
 
 `click_rates` sets a domain's expected click rate instead, by shifting its logits (e.g. below 1%, where
 log loss teaches little: `models/ranking.py`).
+
+`revenue=True` adds a per-exposure `revenue` column (ads, `data/revenue.py` builds a label from it): an
+item's click fee (its cost per click) on a click, plus its conversion fee (a commission on its price) on a
+conversion. A share of items is negative-revenue stock (`LOSS_MAKING_SHARE`: subsidized placements whose
+clicks cost the platform their fee, and whose conversions are refunded at a cost): every click and
+conversion of theirs loses money. Not a feature: the default data and its schema are unchanged without it.
 """
 import os
 from typing import Dict, Optional
@@ -40,6 +46,9 @@ SHARED_WEIGHT, DOMAIN_WEIGHT = 1.6, 1.6
 SPECIFICITY_SLOPE = 0.5  # k_d's growth per e-fold of traffic below the largest domain
 DEFAULT_ROWS = 200_000
 ROWS_PER_USER, ROWS_PER_ITEM = 100, 200  # mean activity: how much each id's taste can be learned
+REVENUE_COLUMN = 'revenue'
+COMMISSION = 0.1  # the conversion fee: this share of the item's price
+LOSS_MAKING_SHARE = 0.05  # negative-revenue stock: items whose clicks and conversions lose money
 
 FEATURE_SPEC = FeatureSpec(
     domain='domain',
@@ -77,10 +86,11 @@ def shift_to_rate(logits: np.ndarray, rate: float, iterations: int = 100) -> flo
 
 
 def generate(num_rows: int = DEFAULT_ROWS, seed: int = 0,
-             click_rates: Optional[Dict[str, float]] = None) -> pd.DataFrame:
+             click_rates: Optional[Dict[str, float]] = None, revenue: bool = False) -> pd.DataFrame:
   """Returns `num_rows` click-log rows with the columns of `FEATURE_SPEC`, identical for equal seeds.
   `click_rates` ({domain: rate}) shifts each named domain's hidden logit by the constant that makes its
-  expected click rate `rate` (`shift_to_rate`), e.g. {'coupon': 0.005}; every other row is as without it."""
+  expected click rate `rate` (`shift_to_rate`), e.g. {'coupon': 0.005}; every other row is as without it.
+  `revenue` adds the `revenue` column (the module's docstring); every other column is as without it."""
   if num_rows < len(DOMAIN_SHARES):
     raise ValueError(f'num_rows must be at least {len(DOMAIN_SHARES)} (one per domain), got {num_rows}.')
   click_rates = dict(click_rates or {})
@@ -135,7 +145,7 @@ def generate(num_rows: int = DEFAULT_ROWS, seed: int = 0,
   conversion = click & (rng.random(num_rows) < _sigmoid(cvr_logit))
 
   domain_names = np.array(list(DOMAIN_SHARES))
-  return pd.DataFrame({
+  frame = pd.DataFrame({
       'domain': domain_names[domain],
       'user_id': user + 1,
       'item_id': item + 1,
@@ -146,6 +156,12 @@ def generate(num_rows: int = DEFAULT_ROWS, seed: int = 0,
       'click': click.astype(np.int64),
       'conversion': conversion.astype(np.int64),
   })
+  if revenue:  # drawn after every other column, so those stay as without it
+    click_fee = np.round(rng.lognormal(-1.0, 0.5, size=num_items), 2)
+    sign = np.where(rng.random(num_items) < LOSS_MAKING_SHARE, -1.0, 1.0)
+    earned = click * click_fee[item] + conversion * COMMISSION * item_price[item]
+    frame[REVENUE_COLUMN] = np.round(sign[item] * earned, 4)
+  return frame
 
 
 def write_csv(frame: pd.DataFrame, directory: str, filename: str = 'data.csv') -> str:

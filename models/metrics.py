@@ -110,6 +110,25 @@ def gauc(labels, predictions, users):
     return weighted_mean_auc(per_user.values())
 
 
+def revenue_at_k(revenue, scores, domains, k):
+    """{domain: revenue per exposure of its top k}: within each domain, the
+    mean revenue of the k exposures with the highest scores (all of them in a
+    domain with fewer than k; equal scores keep their row order),
+
+        revenue@k_d = (1 / k) sum_{i in top_k(s | d)} r_i
+
+    the value a ranker that shows k of a domain's candidates earns per slot."""
+    if int(k) != k or k < 1:
+        raise ValueError(f'k is the number of top-ranked exposures per domain, '
+                         f'a whole number >= 1; got {k}.')
+    revenue, scores = _floats(revenue), _floats(scores)
+    result = {}
+    for domain, idx in _groups(domains):
+        top = idx[np.argsort(-scores[idx], kind='stable')[:int(k)]]
+        result[domain] = float(revenue[top].mean())
+    return result
+
+
 def domain_report(labels, predictions, domains, users=None):
     """Per-domain and overall metrics.
 

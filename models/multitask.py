@@ -1,15 +1,17 @@
-"""Multi-task training: per-task masked losses, loss balancing (fixed, uncertainty, DWA) and gradient surgery
-(PCGrad, GradVac), in the `train_step` of `MultiTaskModel`, the model every head (`models.heads`) is built as."""
+"""Multi-task training: per-task masked losses, loss balancing (fixed, uncertainty, DWA), gradient surgery
+(PCGrad, GradVac) and constraints (`models.constraints`), in the `train_step` of `MultiTaskModel`, the model
+every head (`models.heads`) is built as."""
 import dataclasses
 import os
 import types
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from models import constraints as constraints_lib  # noqa: E402
 from models.heads import HEADS, TARGETS, Target  # noqa: E402
 
 DWA_TEMPERATURE = 2.0
@@ -243,17 +245,20 @@ class MultiTaskModel(tf_keras.Model):
   its label, over the samples its mask keeps (`masked_binary_crossentropy`). `balancing` (`BALANCINGS`:
   fixed, uncertainty, dwa) turns them into per-task objective terms; their sum is minimized, or with
   `gradient_surgery` (`SURGERIES`: pcgrad, gradvac) each term's gradient is adjusted against the others' on
-  the shared variables (`surgery_gradients`). Train and test steps log the objective (`loss`), `{task}_loss`,
-  `{task}_auc` on the valid samples, and (training) `{task}_weight`.
+  the shared variables (`surgery_gradients`). `constraints` (`models.constraints`: `cvr_auc>=0.70`, ...) add
+  the Lagrangian's terms lambda_c L_t to the task terms; a `constraints.DualAscent` callback raises lambda_c
+  (step `dual_step`) while its constraint is broken on validation. Train and test steps log the objective
+  (`loss`), `{task}_loss`, `{task}_auc` on the valid samples, and (training) `{task}_weight`.
 
   Fed (features, {label role: [batch] 0/1}), the roles those of `targets` (`models.heads.CLICK`, ...).
-  Balancing and surgery state (log-variances, DWA's loss history, GradVac's target cosines) is training
-  state: it is not saved with the model.
+  Balancing, surgery and constraint state (log-variances, DWA's loss history, GradVac's target cosines, the
+  multipliers) is training state: it is not saved with the model.
   """
 
   def __init__(self, inputs, outputs, targets: Dict[str, Target], balancing: str = 'fixed',
                task_weights: Optional[Dict[str, float]] = None, dwa_period: int = DWA_PERIOD,
-               gradient_surgery: Optional[str] = None, seed: int = 0, name: Optional[str] = None):
+               gradient_surgery: Optional[str] = None, seed: int = 0, constraints: Sequence[str] = (),
+               dual_step: float = constraints_lib.DUAL_STEP, name: Optional[str] = None):
     super().__init__(inputs=inputs, outputs=outputs, name=name)
     if balancing not in BALANCINGS:
       raise ValueError(f'Unknown loss balancing {balancing!r}; choose one of {sorted(BALANCINGS)}.')
@@ -263,19 +268,30 @@ class MultiTaskModel(tf_keras.Model):
     self.targets = {task: Target(**t) if isinstance(t, dict) else t for task, t in targets.items()}
     self.tasks = list(self.targets)
     self.settings = dict(balancing=balancing, task_weights=task_weights, dwa_period=dwa_period,
-                         gradient_surgery=gradient_surgery, seed=seed)
+                         gradient_surgery=gradient_surgery, seed=seed, constraints=list(constraints),
+                         dual_step=dual_step)
     mean = tf_keras.metrics.Mean
     # Training state, held in a plain namespace that Keras does not track: the balancing variables and the
     # step metrics stay out of the model's weights, parameter count and saved files.
     self.step_state = types.SimpleNamespace(
         balancer=BALANCINGS[balancing](self.tasks, task_weights=task_weights, dwa_period=dwa_period),
         surgery=SURGERIES[gradient_surgery](self.tasks) if gradient_surgery else None,
+        lagrangian=constraints_lib.Lagrangian([constraints_lib.parse_constraint(c, self.tasks) for c in constraints],
+                                              self.tasks, dual_step),
         trackers={'loss': mean(name='loss'), **{f'{t}_loss': mean(name=f'{t}_loss') for t in self.tasks},
                   **{f'{t}_auc': tf_keras.metrics.AUC(name=f'{t}_auc') for t in self.tasks}})
 
   @property
   def balancer(self) -> LossBalancing:
     return self.step_state.balancer
+
+  @property
+  def lagrangian(self) -> constraints_lib.Lagrangian:
+    return self.step_state.lagrangian
+
+  def objective_terms(self, losses):
+    """[K] the per-task terms whose sum is minimized: the balanced losses plus the constraints' terms."""
+    return self.balancer.objective(losses) + self.lagrangian.terms(losses)
 
   def task_losses(self, labels, predictions):
     """[K] the loss of every trained task on one batch."""
@@ -300,7 +316,7 @@ class MultiTaskModel(tf_keras.Model):
     with tf.GradientTape(persistent=surgery is not None) as tape:
       predictions = self(features, training=True)
       losses = self.task_losses(labels, predictions)
-      terms = self.balancer.objective(losses)
+      terms = self.objective_terms(losses)
       objective = tf.reduce_sum(terms)
       task_terms = tf.unstack(terms)  # inside the tape: gradient surgery differentiates each
     variables = self.trainable_variables + list(self.balancer.trainable_variables)
@@ -319,7 +335,7 @@ class MultiTaskModel(tf_keras.Model):
     features, labels = data
     predictions = self(features, training=False)
     losses = self.task_losses(labels, predictions)
-    return self._track(labels, predictions, tf.reduce_sum(self.balancer.objective(losses)), losses)
+    return self._track(labels, predictions, tf.reduce_sum(self.objective_terms(losses)), losses)
 
   @property
   def metrics(self):
@@ -329,6 +345,7 @@ class MultiTaskModel(tf_keras.Model):
     network = tf_keras.Model(self.input, dict(zip(self.output_names, self.outputs)), name=self.name)
     settings = dict(self.settings)  # Keras wraps attribute dicts for tracking: back to plain, JSON-ready ones
     settings['task_weights'] = dict(settings['task_weights']) if settings['task_weights'] else None
+    settings['constraints'] = list(settings['constraints'])
     return {'network': network.get_config(), 'targets': {t: dataclasses.asdict(v) for t, v in self.targets.items()},
             **settings}
 
@@ -341,13 +358,15 @@ class MultiTaskModel(tf_keras.Model):
     return cls(network.input, dict(zip(network.output_names, network.outputs)), name=network.name, **config)
 
 
+# The settings of `MultiTaskModel`'s training step among a head's options.
+TRAINING_OPTIONS = ('balancing', 'task_weights', 'dwa_period', 'gradient_surgery', 'seed', 'constraints', 'dual_step')
+
+
 def multitask_model(head: str, inputs, features, hidden_units, adapt, options: dict, name: str) -> MultiTaskModel:
   """Head `head` on the embedded features, as a `MultiTaskModel` trained on the head's `TARGETS`. `options`
-  holds the head's settings (`gate_dropout`, `ple_levels`, ...) and the training step's (`balancing`,
-  `task_weights`, `dwa_period`, `gradient_surgery`, `seed`)."""
+  holds the head's settings (`gate_dropout`, `ple_levels`, ...) and the training step's (`TRAINING_OPTIONS`)."""
   if head not in HEADS:
     raise ValueError(f'Unknown multi-task head {head!r}; choose one of {sorted(HEADS)}.')
   outputs = HEADS[head](features, hidden_units, adapt, options)
-  training = {k: options[k] for k in ('balancing', 'task_weights', 'dwa_period', 'gradient_surgery', 'seed')
-              if k in options}
+  training = {k: options[k] for k in TRAINING_OPTIONS if k in options}
   return MultiTaskModel(inputs, outputs, TARGETS[head], name=name, **training)

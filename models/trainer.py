@@ -26,6 +26,7 @@ from tfx import v1 as tfx  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils  # noqa: E402
 
+from models import constraints  # noqa: E402
 from models import ctnet  # noqa: E402
 from models import distribution  # noqa: E402
 from models import heads  # noqa: E402
@@ -79,21 +80,33 @@ class BestValidationWeights(tf_keras.callbacks.Callback):
   multi-task model), among the starting weights and every epoch's end, and restores them when training
   ends: a stage never exports a model that scores worse on validation than the one it started from (a
   fine-tune that only overfits leaves the pretrained model as it was), nor a late, overfitted epoch.
-  `best_epoch` is 0 for the starting weights."""
+  `best_epoch` is 0 for the starting weights. With `constraints` (`models.constraints.Constraint`) weights
+  that meet them all on validation beat any that do not, whatever their AUC."""
 
-  def __init__(self, validation, monitor: str = 'val_auc', steps: Optional[int] = None):
+  def __init__(self, validation, monitor: str = 'val_auc', constraints=(), steps: Optional[int] = None):
     super().__init__()
     self.validation, self.monitor = validation, monitor  # `validation`: the same batches as fit's
+    self.constraints = list(constraints)
     self.steps = steps  # as fit's validation_steps
+
+  def _rank(self, logs, prefix):
+    """(whether the constraints hold, the monitored AUC) of the logs: the larger, the better."""
+    feasible = all(c.violation(logs[prefix + c.name]) <= 0 for c in self.constraints)
+    return feasible, logs[prefix + self.monitor[len('val_'):]]
 
   def on_train_begin(self, logs=None):
     start = self.model.evaluate(self.validation, steps=self.steps, return_dict=True, verbose=0)
-    self.best, self.best_epoch, self.best_weights = start[self.monitor[len('val_'):]], 0, self.model.get_weights()
+    self.best_rank, self.best_epoch, self.best_weights = self._rank(start, ''), 0, self.model.get_weights()
     _LOG.info('starting weights: %s=%.4f', self.monitor, self.best)
 
+  @property
+  def best(self) -> float:
+    return self.best_rank[1]
+
   def on_epoch_end(self, epoch, logs=None):
-    if logs[self.monitor] > self.best:
-      self.best, self.best_epoch, self.best_weights = logs[self.monitor], epoch + 1, self.model.get_weights()
+    rank = self._rank(logs, 'val_')
+    if rank > self.best_rank:
+      self.best_rank, self.best_epoch, self.best_weights = rank, epoch + 1, self.model.get_weights()
 
   def on_train_end(self, logs=None):
     _LOG.info('keeping the weights of epoch %d (0: the starting weights): %s=%.4f', self.best_epoch, self.monitor,
@@ -260,10 +273,12 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   # same batches, repeated.
   validation_steps = fn_args.eval_steps if parameter_server else None
   validation = evaluation.repeat() if parameter_server else evaluation
+  lagrangian = model.lagrangian if multitask and model.lagrangian.constraints else None
   best = BestValidationWeights(validation, monitor=f'val_{model_lib.PREDICTION}_auc' if multitask else 'val_auc',
-                               steps=validation_steps)
+                               constraints=lagrangian.constraints if lagrangian else (), steps=validation_steps)
+  dual = [constraints.DualAscent(lagrangian)] if lagrangian else []
   trained.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
-              validation_steps=validation_steps, callbacks=[throughput, best], verbose=0)
+              validation_steps=validation_steps, callbacks=[throughput, best] + dual, verbose=0)
   calibration = model_lib.calibration_layer(model)
   if calibration is not None:
     onboard = [spec.domains.index(d) for d in config.get('onboard_domains') or ()]
@@ -278,6 +293,8 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
       'calibration': calibration.calibration.numpy().tolist() if calibration is not None else None,
       'adapter_parameters_per_domain': int(sum(w.shape.num_elements() for w in model_lib.adaptation_weights(model))
                                            / max(spec.num_domains, 1)),
+      # Per constraint, each epoch's validation value and the multiplier after its dual ascent step.
+      **({'constraints': dual[0].trajectory} if dual else {}),
   }
   _LOG.info('training throughput: %.0f examples/s (mean of epochs after the first)', stats['examples_per_second'])
 

@@ -104,10 +104,15 @@ class PipelineConfig:
   # of the single click model (None); `balancing` (fixed, uncertainty, dwa) weighs the task losses and
   # `gradient_surgery` (pcgrad, gradvac; models/multitask.py SURGERIES) adjusts conflicting task gradients on
   # the shared weights; `head_options` holds head settings (gate_dropout,
-  # ple_levels, num_experts, tower_units, task_weights, ...).
+  # ple_levels, num_experts, tower_units, task_weights, ...). `constraints` (models/constraints.py), like
+  # `cvr_auc>=0.70` or `cvr_loss<=0.3`, each add a Lagrangian term whose multiplier rises by dual ascent
+  # (step `dual_step`) on the eval batches while the constraint is broken; the Trainers keep the best epoch
+  # among those that meet them and log each multiplier's trajectory in training_stats.json.
   head: Optional[str] = None
   balancing: str = 'fixed'
   gradient_surgery: Optional[str] = None
+  constraints: Tuple[str, ...] = ()
+  dual_step: float = 10.0  # models/constraints.py DUAL_STEP
   head_options: Dict[str, object] = dataclasses.field(default_factory=dict)
   # Promotion gate (components/promotion_gate.py): candidate and production scored on the same test examples.
   # A domain decides with at least `gate_min_examples` test examples and `gate_min_positives` of each class;
@@ -175,10 +180,11 @@ class PipelineConfig:
     if self.data_format not in (None, 'csv', 'tfrecord'):
       raise ValueError(f'data_format must be csv or tfrecord, got {self.data_format!r}.')
     if not self.head and (self.balancing != 'fixed' or self.gradient_surgery or self.task_min_auc or
-                          self.head_options):
-      raise ValueError('balancing, gradient_surgery, task_min_auc and head_options apply to a multi-task model: '
-                       'set head.')
+                          self.head_options or self.constraints):
+      raise ValueError('balancing, gradient_surgery, task_min_auc, head_options and constraints apply to a multi-task '
+                       'model: set head.')
     self._check_loss()
+    self._check_constraints()
     if self.onboard_domains and (self.adaptation != 'mlora' or self.head or self.transfer_source):
       raise ValueError('onboard_domains trains new MLoRA adapters on the production model: it needs adaptation '
                        '"mlora", without head or transfer_source.')
@@ -217,6 +223,14 @@ class PipelineConfig:
     if self.loss == RANKNET and not self.calibrate:
       raise ValueError('loss ranknet orders the scores within each domain but leaves their level free: the served '
                        'probability needs calibrate=True, or use loss ranknet+logloss.')
+
+  def _check_constraints(self) -> None:
+    """ValueError, naming the constraint and the fix, for one the head cannot train under."""
+    from models.constraints import check_dual_step, parse_constraint  # pylint: disable=g-import-not-at-top
+    from models.heads import TARGETS  # pylint: disable=g-import-not-at-top
+    for text in self.constraints:
+      parse_constraint(text, list(TARGETS[self.head]))
+    check_dual_step(self.dual_step)
 
   def challenger_stages(self) -> List[Tuple[str, str]]:
     """The challengers as (stage, adaptation) pairs; ValueError for one not written `stage:adaptation` with
@@ -297,7 +311,9 @@ class PipelineConfig:
         'rank_weight': self.rank_weight,
         'onboard_domains': list(self.onboard_domains) if stage == 'finetune' else [],
         **({'head': self.head, 'head_options': {**self.head_options, 'balancing': self.balancing,
-                                                'gradient_surgery': self.gradient_surgery}} if self.head else {}),
+                                                'gradient_surgery': self.gradient_surgery,
+                                                'constraints': list(self.constraints),
+                                                'dual_step': self.dual_step}} if self.head else {}),
         # Absent when `none`, so that the Trainers' settings (and cache keys) stay as they were.
         **({'distribution': self.distribution} if self.distribution != 'none' else {}),
     }

@@ -66,3 +66,15 @@ def test_click_rates_push_one_domain_below_one_percent_and_leave_the_others():
 def test_bad_click_rates_name_the_domain_or_the_range(rates, message):
   with pytest.raises(ValueError, match=message):
     synthetic.generate(100, click_rates=rates)
+
+
+def test_revenue_is_optional_and_leaves_the_other_columns_as_they_are():
+  plain, with_revenue = synthetic.generate(3000, seed=4), synthetic.generate(3000, seed=4, revenue=True)
+  pd.testing.assert_frame_equal(with_revenue.drop(columns=['revenue']), plain)
+  earned = with_revenue.revenue
+  assert (earned[with_revenue.click == 0] == 0).all()  # no click, no fee
+  converted = with_revenue.conversion == 1
+  assert earned[converted].abs().mean() > earned[(with_revenue.click == 1) & ~converted].abs().mean()
+  loss_making = with_revenue.groupby('item_id').revenue.min() < 0
+  assert 0 < loss_making.mean() < 0.2  # some negative-revenue stock, about LOSS_MAKING_SHARE of the items
+  assert earned.mean() > 0

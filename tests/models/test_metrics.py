@@ -141,3 +141,17 @@ def test_histogram_auc_close_to_exact_auc(seed):
 def test_histogram_auc_single_class_is_nan():
     pos, neg = metrics.histograms([1, 1], [0.2, 0.9])
     assert math.isnan(metrics.auc_from_histograms(pos, neg))
+
+
+def test_revenue_at_k_by_hand():
+    revenue = [5.0, 0.0, 1.0, -2.0, 3.0, 0.0]
+    scores = [0.9, 0.8, 0.1, 0.7, 0.2, 0.6]
+    domains = ['a', 'a', 'a', 'b', 'b', 'b']
+    # a ranks 5, 0, 1; b ranks -2, 0, 3
+    assert metrics.revenue_at_k(revenue, scores, domains, 1) == {'a': 5.0, 'b': -2.0}
+    assert metrics.revenue_at_k(revenue, scores, domains, 2) == {'a': 2.5, 'b': -1.0}
+    assert metrics.revenue_at_k(revenue, scores, domains, 10) == pytest.approx({'a': 2.0, 'b': 1 / 3})  # all rows
+    better = metrics.revenue_at_k(revenue, revenue, domains, 1)  # ranked by the revenue itself: the best
+    assert better == {'a': 5.0, 'b': 3.0}
+    with pytest.raises(ValueError, match='k is the number of top-ranked exposures'):
+        metrics.revenue_at_k(revenue, scores, domains, 0)

@@ -1,9 +1,12 @@
-"""BestValidationWeights: a stage exports its best weights on validation, the starting ones included."""
+"""BestValidationWeights: a stage exports its best weights on validation, the starting ones included, and
+with constraints, the best of those that meet them."""
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from models.constraints import parse_constraint
 from models.trainer import BestValidationWeights
+from tests.models import zoo
 
 ROWS = 2048
 
@@ -54,3 +57,15 @@ def test_restores_the_best_epoch_not_the_last():
   assert best.best_epoch == int(np.argmax(val_aucs)) + 1 and best.best == max(val_aucs)
   restored = model.evaluate(_data(1, repeat=False), return_dict=True, verbose=0)['auc']
   np.testing.assert_allclose(restored, best.best, atol=1e-6)
+
+
+def test_with_constraints_an_epoch_that_meets_them_beats_a_better_one_that_does_not():
+  model = zoo.build(spec=zoo.MULTITASK_SPEC, head='shared_bottom')
+  model.compile(tf_keras.optimizers.Adam(0.01), run_eagerly=True)
+  validation = tf.data.Dataset.from_tensors((zoo.features(), zoo.multitask_labels()))
+  best = BestValidationWeights(validation, monitor='val_ctr_auc', constraints=[parse_constraint('cvr_auc>=0.99')])
+  best.set_model(model)
+  best.on_train_begin()  # coin-flip conversions: the starting weights break the bound
+  for epoch, (ctr, cvr) in enumerate([(0.9, 0.5), (0.7, 0.995), (0.8, 0.999), (0.95, 0.9)]):
+    best.on_epoch_end(epoch, {'val_ctr_auc': ctr, 'val_cvr_auc': cvr})
+  assert (best.best_epoch, best.best) == (3, 0.8)  # the best AUC among the epochs that keep cvr_auc >= 0.99

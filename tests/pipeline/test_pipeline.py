@@ -1,5 +1,8 @@
 """Pipeline construction: components, order and wiring, without running anything."""
+import contextlib
+import io
 import json
+import os
 
 import pytest
 
@@ -180,6 +183,28 @@ def test_loss_and_gradient_surgery_flags_reach_the_trainers(tmp_path):
   assert parse('--head', 'esmm', '--pcgrad').gradient_surgery == 'pcgrad'  # the older flag, the same setting
   args = tfx_runner.build_parser().parse_args(['bench', '--output-dir', str(tmp_path), '--loss', 'ranknet'])
   assert args.loss == 'ranknet'
+  constrained = parse('--head', 'mmoe', '--constraint', 'cvr_auc>=0.7', '--constraint', 'ctr_loss<=0.5',
+                      '--dual-step', '4')
+  for node in ('PretrainTrainer', 'FinetuneTrainer'):
+    custom = json.loads({c.id: c for c in create_pipeline(constrained).components}[node].exec_properties[
+        'custom_config'])
+    assert custom['head_options']['constraints'] == ['cvr_auc>=0.7', 'ctr_loss<=0.5']
+    assert custom['head_options']['dual_step'] == 4.0
+  with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as stderr:
+    parse('--head', 'mmoe', '--constraint', 'cvr_auc<=0.7')
+  assert 'an AUC constraint is a floor; write cvr_auc>=0.7' in stderr.getvalue()
+
+
+def test_value_label_generates_its_own_data_spec_and_schema(tmp_path):
+  args = tfx_runner.build_parser().parse_args(['run', '--output-dir', str(tmp_path), '--rows', '300', '--label',
+                                               'value'])
+  config = tfx_runner.config_from_args(args)
+  assert config.feature_spec.label == 'value'
+  assert config.schema_path == os.path.join(config.data_path, schemas.SCHEMA_FILE)
+  assert 'value' in {f.name for f in schemas.load_schema(config.schema_path).feature}
+  default = tfx_runner.config_from_args(tfx_runner.build_parser().parse_args(
+      ['run', '--output-dir', str(tmp_path / 'clicks'), '--rows', '300']))
+  assert (default.feature_spec, default.schema_path) == (synthetic.FEATURE_SPEC, schemas.DEFAULT_SCHEMA_PATH)
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -190,6 +215,9 @@ def test_loss_and_gradient_surgery_flags_reach_the_trainers(tmp_path):
     ({'loss': 'ranknet', 'head': 'esmm'}, 'leave loss at logloss with head'),
     ({'head': 'esmm', 'gradient_surgery': 'mgda'}, "gradient_surgery 'mgda'.*gradvac"),
     ({'gradient_surgery': 'gradvac'}, 'set head'),
+    ({'constraints': ('cvr_auc>=0.7',)}, 'constraints apply to a multi-task model: set head'),
+    ({'head': 'esmm', 'constraints': ('cvr_auc>=0.7',)}, "task 'cvr' is not trained by this head.*ctcvr"),
+    ({'head': 'mmoe', 'constraints': ('cvr_auc>=0.7',), 'dual_step': 0.0}, 'dual_step must be positive'),
 ])
 def test_bad_loss_or_surgery_settings_name_the_field_and_the_fix(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
