@@ -87,7 +87,7 @@ def main(argv=None) -> Dict[int, dict]:
     if args.results:
       os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
       with open(args.results, 'a') as f:
-        f.write(json.dumps(results[-1], sort_keys=True) + '\n')
+        f.write(json.dumps(results[-1]) + '\n')  # the components in run order
   print(table(results))
   return {r['rows']: r for r in results}
 
