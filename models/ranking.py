@@ -24,7 +24,7 @@ LOSSES = (LOGLOSS, RANKNET, RANKNET_LOGLOSS)
 def check_loss(loss: str) -> None:
   """ValueError naming the choices for a `loss` not in `LOSSES`."""
   if loss not in LOSSES:
-    raise ValueError(f'Unknown click loss {loss!r}; choose one of {list(LOSSES)}.')
+    raise ValueError(f'loss {loss!r}: choose one of {list(LOSSES)}.')
 
 
 def ranknet_loss(labels, logits, domains):

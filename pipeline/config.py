@@ -207,11 +207,10 @@ class PipelineConfig:
   def _check_loss(self) -> None:
     """ValueError, naming the field and the fix, for a training loss the run cannot use."""
     from models.multitask import SURGERIES  # pylint: disable=g-import-not-at-top  # imports TF
-    from models.ranking import LOGLOSS, LOSSES, RANKNET  # pylint: disable=g-import-not-at-top
+    from models.ranking import LOGLOSS, RANKNET, check_loss  # pylint: disable=g-import-not-at-top
     if self.gradient_surgery is not None and self.gradient_surgery not in SURGERIES:
       raise ValueError(f'gradient_surgery {self.gradient_surgery!r}: choose one of {sorted(SURGERIES)}, or None.')
-    if self.loss not in LOSSES:
-      raise ValueError(f'loss {self.loss!r}: choose one of {list(LOSSES)}.')
+    check_loss(self.loss)
     if not self.rank_weight > 0:
       raise ValueError(f'rank_weight must be positive, got {self.rank_weight}.')
     if self.loss == LOGLOSS and self.rank_weight != 1.0:
