@@ -116,15 +116,16 @@ def fallback_check(labels, known, unknown, domains) -> dict:
   return check
 
 
-def cached_transform(key: str, transform_config: dict, examples: dict, work_dir: str):
+def cached_transform(key: str, transform_config: dict, examples: dict, work_dir: str, schema=None):
   """(transform graph directory, InMemoryAccessor over the transformed train and eval splits) for
-  `transform_config`, reused from `work_dir` when an earlier run made them for the same `key`."""
+  `transform_config` (examples read with `schema`, the default data's when None), reused from `work_dir` when
+  an earlier run made them for the same `key`."""
   transform_dir = os.path.join(work_dir, 'transform-' + hashlib.sha1(key.encode()).hexdigest()[:10])
   columns_path = os.path.join(transform_dir, 'transformed.npz')
   if not os.path.exists(columns_path):
     shutil.rmtree(transform_dir, ignore_errors=True)
     start = time.time()
-    tf_transform_output = in_process.analyze(examples['train'], transform_config, transform_dir)
+    tf_transform_output = in_process.analyze(examples['train'], transform_config, transform_dir, schema)
     columns = {f'{name}/{k}': v for name in ('train', 'eval')
                for k, v in in_process.transform(examples[name], tf_transform_output).items()}
     np.savez(columns_path, **columns)

@@ -34,13 +34,14 @@ def serialize(frame: pd.DataFrame) -> List[bytes]:
   return example_coder.RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(arrays, list(frame.columns)))
 
 
-def analyze(train_examples: Sequence[bytes], transform_config: dict, output_dir: str):
+def analyze(train_examples: Sequence[bytes], transform_config: dict, output_dir: str, schema=None):
   """The Transform component's graph: `preprocessing_fn` with `transform_config` (its custom_config, as
-  `PipelineConfig.transform_config()` gives it) analyzed on the train split's serialized examples, written to
-  `output_dir` (reused when a finished one is there); its TFTransformOutput."""
+  `PipelineConfig.transform_config()` gives it) analyzed on the train split's serialized examples, read with
+  `schema` (the default data's when None), written to `output_dir` (reused when a finished one is there); its
+  TFTransformOutput."""
   done = os.path.join(output_dir, 'DONE')
   if not os.path.exists(done):
-    schema = schemas.load_schema(schemas.DEFAULT_SCHEMA_PATH)
+    schema = schema or schemas.load_schema(schemas.DEFAULT_SCHEMA_PATH)
     source = tfxio.TFExampleBeamRecord(physical_format='inmem', telemetry_descriptors=['benchmark'], schema=schema)
 
     def preprocessing_fn(inputs):

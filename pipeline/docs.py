@@ -7,12 +7,14 @@ document beside the table):
                                        are written beside it
   docs/results/NAME.json               any other result: a run's report.json (`report`), a `simulate`
                                        summary (`simulate`), benchmarks/gate_quality.py's output (`gate`),
-                                       benchmarks/calibration.py's --json outputs merged (`calibration`)
+                                       benchmarks/calibration.py's --json outputs merged (`calibration`),
+                                       benchmarks/ranking_loss.py's (`ranking`)
 
 In README.md and docs/*.md, each block between `<!-- generated: KIND NAME -->` and `<!-- end generated -->`
 is the rendering of that results file: `bench NAME` the WAUC tables of docs/benchmarks/NAME, `report NAME`,
-`simulate NAME`, `gate NAME` and `calibration NAME` the tables of docs/results/NAME.json.
+`simulate NAME`, `gate NAME`, `calibration NAME` and `ranking NAME` the tables of docs/results/NAME.json.
 """
+import importlib
 import json
 import os
 import re
@@ -46,22 +48,19 @@ def _bench_tables(name: str) -> str:
   return '\n\n'.join(sections)
 
 
-def _gate_table(name: str) -> str:
-  from benchmarks import gate_quality  # pylint: disable=g-import-not-at-top
-  return gate_quality.format_markdown(_json(name))
-
-
-def _calibration_tables(name: str) -> str:
-  from benchmarks import calibration  # pylint: disable=g-import-not-at-top
-  return calibration.format_markdown(_json(name))
+def _benchmark_tables(module: str) -> Callable[[str], str]:
+  """The renderer of a benchmarks/ script's results file: its `format_markdown` of docs/results/NAME.json
+  (imported when used: the benchmarks import TensorFlow)."""
+  return lambda name: importlib.import_module(f'benchmarks.{module}').format_markdown(_json(name))
 
 
 RENDERERS: Dict[str, Callable[[str], str]] = {
     'bench': _bench_tables,
     'report': lambda name: '```\n' + report_lib.format_table(_json(name)) + '\n```',
     'simulate': lambda name: '```\n' + simulate.format_summary(_json(name)['summaries']) + '\n```',
-    'gate': _gate_table,
-    'calibration': _calibration_tables,
+    # kind: the benchmarks/ script whose --json output docs/results/NAME.json is
+    **{kind: _benchmark_tables(module) for kind, module in (
+        ('gate', 'gate_quality'), ('calibration', 'calibration'), ('ranking', 'ranking_loss'))},
 }
 
 
