@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
       'prepare', help='turn a public dataset into the pipeline\'s raw, domain-tagged input',
       description='Load a dataset, split it and write train/ eval/ test/ CSVs, features.json, schema.pbtxt and '
                   'split.json to OUTPUT_DIR (all or nothing). Pass OUTPUT_DIR to `run --data-path`.')
-  prepare.add_argument('dataset', choices=['movielens', 'ali-ccp', 'kuairand', 'csv'])
+  prepare.add_argument('dataset', choices=['movielens', 'ali-ccp', 'kuairand', 'ciao', 'csv'])
   prepare.add_argument('--source', required=True, help='the dataset\'s folder or file (e.g. ../shared/datasets/ml-100k)')
   prepare.add_argument('--output-dir', required=True)
   prepare.add_argument('--split', choices=['random', 'temporal'], default='random',
@@ -294,14 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
   prepare.add_argument('--overwrite', action='store_true', help='replace OUTPUT_DIR once the new data is complete')
   prepare.add_argument('--domain', help='MovieLens domain field: gender, age or occupation (default gender); '
                                         'csv: the domain column')
-  prepare.add_argument('--label-rule', choices=['ge4', 'eq5'], help='MovieLens click: rating >= 4 (default) or == 5')
+  prepare.add_argument('--label-rule', choices=['ge4', 'eq5'],
+                       help='MovieLens and Ciao click: rating >= 4 or == 5 (default ge4 for MovieLens, eq5 for Ciao)')
   prepare.add_argument('--label-columns', help='csv: comma-separated label columns, the click label first')
   prepare.add_argument('--categorical', type=_names,
                        help='csv: comma-separated categorical feature columns (default: inferred; integer ids, a '
                             'column named ...id or unique on most rows, are categorical)')
   prepare.add_argument('--numeric', type=_names,
-                       help='csv: comma-separated numeric feature columns (default: inferred); with --categorical '
-                            'or --numeric only the listed columns are features')
+                       help='csv: comma-separated numeric feature columns (default: inferred); with --categorical, '
+                            '--numeric or --hashed only the listed columns are features')
+  prepare.add_argument('--hashed', type=_names,
+                       help='csv: comma-separated categorical columns to hash rather than give a vocabulary (default: '
+                            'those with over 50,000 distinct values)')
   prepare.add_argument('--user-column', help='csv: the user id column (a categorical feature; GAUC groups by it)')
 
   bench = commands.add_parser(
@@ -369,18 +373,22 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# The `prepare` flags each loader takes, named as its arguments (csv's --domain and --label-columns aside).
+PREPARE_OPTIONS = {
+    'movielens': ('domain', 'label_rule'),
+    'ciao': ('label_rule',),
+    'csv': ('categorical', 'numeric', 'hashed', 'user_column'),
+}
+
+
 def prepare_data(args) -> int:
   from data.prepare import DataFormatError, prepare  # pylint: disable=g-import-not-at-top
 
-  options = {}
-  if args.dataset == 'movielens':
-    options = {k: v for k, v in (('domain', args.domain), ('label_rule', args.label_rule)) if v}
-  elif args.dataset == 'csv':
+  options = {k: getattr(args, k) for k in PREPARE_OPTIONS.get(args.dataset, ()) if getattr(args, k)}
+  if args.dataset == 'csv':
     if not args.domain or not args.label_columns:
       raise SystemExit('prepare csv needs --domain (the domain column) and --label-columns.')
-    options = {'domain_column': args.domain, 'label_columns': args.label_columns.split(','),
-               **{k: v for k, v in (('categorical', args.categorical), ('numeric', args.numeric),
-                                    ('user_column', args.user_column)) if v}}
+    options = {'domain_column': args.domain, 'label_columns': args.label_columns.split(','), **options}
   try:
     record = prepare(args.dataset, args.source, args.output_dir, split=args.split, ratios=args.ratios,
                      seed=args.seed, overwrite=args.overwrite, **options)

@@ -1,26 +1,36 @@
 """Loaders that turn public datasets into the pipeline's raw, domain-tagged click log.
 
-Every loader returns `(frame, spec, column_types)`: a DataFrame holding exactly `spec.raw_columns`
-with no missing values, the `FeatureSpec` describing it, and each column's CSV type ('INT', 'FLOAT'
-or 'BYTES') for `schemas.build_schema`. CSV type inference runs on each split on its own, so values
-are chosen to read as the same type in every split: numeric features are floats, numeric domain
-values are prefixed (`tab` 1 -> 'tab_1'), the named datasets' text columns hold no numbers, and gaps
-are filled ('unknown' for text, -1 for integer categoricals, the column median for numeric features).
+Every loader returns a `Loaded` tuple `(frame, spec, column_types, dropped_rows)`: a DataFrame holding
+exactly `spec.raw_columns` with no missing values, the `FeatureSpec` describing it, each column's CSV
+type ('INT', 'FLOAT' or 'BYTES') for `schemas.build_schema`, and the counts of source rows the
+loader left out on purpose, by reason (empty for loaders that keep every row; `prepare` records them
+in split.json). CSV type inference runs on each split on its own, so values are chosen to read as
+the same type in every split: numeric features are floats, numeric domain values are prefixed
+(`tab` 1 -> 'tab_1'), the named datasets' text columns hold no numbers, and gaps are filled
+('unknown' for text, -1 for integer categoricals, the column median for numeric features).
 
 Sources are read as text first, indexed by line number, so that any malformed value raises a
 `DataFormatError` naming the file, the 1-based line, the field and what was expected.
 """
 import csv
 import glob
+import gzip
 import os
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from models.features import FeatureSpec
 
-Loaded = Tuple[pd.DataFrame, FeatureSpec, Dict[str, str]]
+
+class Loaded(NamedTuple):
+  """What a loader returns; see the module docstring."""
+  frame: pd.DataFrame
+  spec: FeatureSpec
+  column_types: Dict[str, str]
+  dropped_rows: Mapping[str, int]
+
 
 DOMAIN, LABEL = 'domain', 'click'
 MISSING_TEXT, MISSING_INT = 'unknown', -1
@@ -52,15 +62,26 @@ def _numbered_rows(file, sep: str) -> Iterator[Tuple[int, List[str]]]:
       yield number, line.rstrip('\r\n').split(sep)
 
 
+def _read_rows(path: str, sep: str, encoding: str) -> List[Tuple[int, List[str]]]:
+  """The non-blank (line number, fields) of a file; a `.gz` file is decompressed on the way."""
+  opener = gzip.open if path.endswith('.gz') else open
+  try:
+    with opener(path, 'rt', encoding=encoding, newline='') as file:
+      return [(number, fields) for number, fields in _numbered_rows(file, sep) if fields not in ([], [''])]
+  except (gzip.BadGzipFile, EOFError) as error:  # not gzip at all, or cut short
+    raise DataFormatError(f'expected a complete gzip file, as the .gz name says ({error}); '
+                          'decompress it again or drop the .gz from its name', path) from error
+
+
 def read_table(path: str, columns: Sequence[str], sep: str = ',', encoding: str = 'utf-8-sig',
                header: bool = True) -> pd.DataFrame:
   """Reads a delimited file as text, indexed by 1-based line number; blank lines are skipped.
 
-  With `header`, the first line names the columns; it must name every one of `columns`, and all of
-  the file's columns are kept. Without it, each line holds exactly `columns`, in order.
+  A file named `*.gz` is decompressed as it is read. With `header`, the first line names the
+  columns; it must name every one of `columns`, and all of the file's columns are kept. Without it,
+  each line holds exactly `columns`, in order.
   """
-  with open(path, encoding=encoding, newline='') as file:
-    rows = [(number, fields) for number, fields in _numbered_rows(file, sep) if fields not in ([], [''])]
+  rows = _read_rows(path, sep, encoding)
   if len(rows) <= header:
     found = 'only a header' if rows else 'an empty file'
     raise DataFormatError(f'expected data lines, found {found}', path, rows[-1][0] + 1 if rows else 1,
@@ -145,17 +166,19 @@ def _column_type(values: pd.Series) -> str:
 
 
 def _assemble(frame: pd.DataFrame, *, categorical: Sequence[str], numeric: Sequence[str] = (),
-              multivalent: Optional[Dict[str, int]] = None, domain: str = DOMAIN, label: str = LABEL,
-              extra_labels: Sequence[str] = (), user: Optional[str] = None,
-              hash_threshold: int = HASH_THRESHOLD, hash_buckets: int = HASH_BUCKETS) -> Loaded:
-  """Fills gaps and fixes dtypes of `frame`, and describes it as (frame, spec, column_types).
+              hashed: Sequence[str] = (), multivalent: Optional[Dict[str, int]] = None,
+              domain: str = DOMAIN, label: str = LABEL, extra_labels: Sequence[str] = (),
+              user: Optional[str] = None, hash_threshold: int = HASH_THRESHOLD,
+              hash_buckets: int = HASH_BUCKETS, dropped_rows: Optional[Mapping[str, int]] = None) -> Loaded:
+  """Fills gaps and fixes dtypes of `frame`, and describes it as a `Loaded`.
 
-  Domains are listed by descending row count; categoricals with more than `hash_threshold` distinct
-  values are hashed into `hash_buckets` buckets, the others get a vocabulary.
+  Domains are listed by descending row count; `hashed` columns, and categoricals with more than
+  `hash_threshold` distinct values, are hashed into `hash_buckets` buckets, the others get a
+  vocabulary. `dropped_rows` counts the source rows the loader left out, by reason.
   """
   multivalent = dict(multivalent or {})
   columns = {domain: frame[domain].astype(str)}
-  for column in [*categorical, *multivalent]:
+  for column in [*categorical, *hashed, *multivalent]:
     values = frame[column]
     if pd.api.types.is_numeric_dtype(values):
       columns[column] = values.fillna(MISSING_INT).astype('int64')
@@ -169,19 +192,27 @@ def _assemble(frame: pd.DataFrame, *, categorical: Sequence[str], numeric: Seque
   result = pd.DataFrame(columns).reset_index(drop=True)
 
   sizes = result[domain].value_counts()
+  many_values = [c for c in categorical if result[c].nunique() > hash_threshold]
   spec = FeatureSpec(
       domain=domain,
       domains=sorted(sizes.index, key=lambda name: (-sizes[name], name)),
       label=label,
-      vocab=[c for c in categorical if result[c].nunique() <= hash_threshold],
-      hashed={c: hash_buckets for c in categorical if result[c].nunique() > hash_threshold},
+      vocab=[c for c in categorical if c not in many_values],
+      hashed={c: hash_buckets for c in [*many_values, *hashed]},
       numeric=list(numeric),
       multivalent=multivalent,
       extra_labels=list(extra_labels),
       user=user,
   )
   result = result[spec.raw_columns]
-  return result, spec, {column: _column_type(result[column]) for column in result.columns}
+  return Loaded(result, spec, {column: _column_type(result[column]) for column in result.columns},
+                dict(dropped_rows or {}))
+
+
+def _check_option(option: str, value: str, allowed: Collection[str]) -> None:
+  """Rejects a loader option's value that is not among `allowed` (a sequence or a dict's keys)."""
+  if value not in allowed:
+    raise DataFormatError(f'option {option}: expected one of {list(allowed)}, found {value!r}')
 
 
 # --- MovieLens 100K and 1M -------------------------------------------------------------------------
@@ -290,10 +321,8 @@ def load_movielens(source: str, domain: str = 'gender', label_rule: str = 'ge4')
   Features: user_id, item_id, gender, age (group code), occupation, zip_prefix (first two ZIP digits,
   -1 for non-US postal codes), genres (multivalent) and the numeric release_year and timestamp.
   """
-  for option, value, allowed in (('domain', domain, MOVIELENS_DOMAINS),
-                                 ('label_rule', label_rule, LABEL_RULES)):
-    if value not in allowed:
-      raise DataFormatError(f'option {option}: expected one of {list(allowed)}, found {value!r}')
+  _check_option('domain', domain, MOVIELENS_DOMAINS)
+  _check_option('label_rule', label_rule, LABEL_RULES)
   if os.path.exists(os.path.join(source, 'u.data')):
     ratings, users, items, ratings_path = _read_ml100k(source)
   elif os.path.exists(os.path.join(source, 'ratings.dat')):
@@ -420,6 +449,56 @@ def load_kuairand(source: str, pattern: str = '*.csv') -> Loaded:
                    multivalent={'tags': MAX_TAGS}, user='user_id')
 
 
+# --- Ciao ------------------------------------------------------------------------------------------
+
+CIAO_RATINGS = 'ratings.csv.gz'
+CIAO_COLUMNS = ['user_id', 'item_id', 'category', 'rating', 'timestamp']
+CIAO_INVALID_RATING = 0  # outside the 1-5 scale: such rows are dropped
+
+
+def _category_domains(raw: pd.DataFrame, path: str) -> pd.Series:
+  """Category names as domain names: lowercase words joined by '_' ('Food & Drink' -> 'food_drink').
+
+  Like the ML-1M occupation names, so that a domain needs no quoting on a command line
+  (`run --onboard-domains`).
+  """
+  names = _domain_names(raw, 'category', path, 'category')
+  slugs = names.str.lower().str.replace(r'[^a-z0-9]+', '_', regex=True).str.strip('_')
+  _reject(raw, 'category', slugs == '', 'a category name with a letter or digit', path)
+  return slugs
+
+
+def load_ciao(source: str, label_rule: str = 'eq5') -> Loaded:
+  """Ciao product ratings (Tang et al., WSDM 2012) with their categories as domains.
+
+  Args:
+    source: The dataset's directory, holding `ratings.csv.gz`, or a ratings file (`.csv` or `.csv.gz`)
+      with the columns `user_id,item_id,category,rating,timestamp` (others are ignored).
+    label_rule: 'eq5' (only a 5 is a click; the default, as 80% of ratings are 4 or 5) or 'ge4'.
+
+  Rows rated 0 are invalid: they are dropped and counted in `dropped_rows`. Domains are the category
+  names made lowercase identifiers ('DVDs' -> 'dvds'). Features: user_id, item_id and the numeric
+  timestamp (seconds, which a temporal split orders by). `category_id` repeats the domain, and
+  `helpfulness` (other readers' verdict on the review) is only known after the rating, so neither is
+  a feature.
+  """
+  _check_option('label_rule', label_rule, LABEL_RULES)
+  path = _source_files(source, CIAO_RATINGS)[0]
+  raw = read_table(path, CIAO_COLUMNS)
+  ratings = parse_numbers(raw, 'rating', path, integer=True)
+  _reject(raw, 'rating', ~ratings.between(0, 5), 'a rating from 0 to 5', path)
+  frame = pd.DataFrame({
+      DOMAIN: _category_domains(raw, path),
+      'user_id': parse_numbers(raw, 'user_id', path, integer=True),
+      'item_id': parse_numbers(raw, 'item_id', path, integer=True),
+      'timestamp': parse_numbers(raw, 'timestamp', path, integer=True),
+      LABEL: (ratings >= LABEL_RULES[label_rule]).astype('int64'),
+  })
+  invalid = ratings == CIAO_INVALID_RATING
+  return _assemble(frame[~invalid], categorical=['user_id', 'item_id'], numeric=['timestamp'], user='user_id',
+                   dropped_rows={f'rating {CIAO_INVALID_RATING} (invalid)': int(invalid.sum())})
+
+
 # --- Generic CSV -----------------------------------------------------------------------------------
 
 def _is_numeric_feature(name: str, text: pd.Series, numeric_min_distinct: int) -> bool:
@@ -436,40 +515,53 @@ def _is_numeric_feature(name: str, text: pd.Series, numeric_min_distinct: int) -
 
 def load_csv(source: str, domain_column: str, label_columns: Sequence[str],
              categorical: Optional[Sequence[str]] = None, numeric: Optional[Sequence[str]] = None,
-             user_column: Optional[str] = None, numeric_min_distinct: int = 20,
-             hash_threshold: int = HASH_THRESHOLD, hash_buckets: int = HASH_BUCKETS) -> Loaded:
+             hashed: Optional[Sequence[str]] = None, user_column: Optional[str] = None,
+             numeric_min_distinct: int = 20, hash_threshold: int = HASH_THRESHOLD,
+             hash_buckets: int = HASH_BUCKETS) -> Loaded:
   """Any CSV file with a header, a domain column and 0/1 label columns.
 
   Args:
-    source: The CSV file.
+    source: The CSV file (gzip-compressed if named `.gz`).
     domain_column: Names the domain of each row; numeric values are prefixed with the column name.
     label_columns: 0/1 labels; the first is the click label, the others are extra labels.
-    categorical, numeric: The feature columns. When neither is given, every other column is a
-      feature: numeric when it holds non-integer numbers or integers with at least
-      `numeric_min_distinct` distinct values, categorical otherwise; integers that identify something
-      (a column named `...id`, or unique on most rows) are categorical. When either is given, only the
-      listed columns are features.
+    categorical, numeric, hashed: The feature columns; `hashed` ones are categorical and always
+      hashed. When none is given, every other column is a feature: numeric when it holds
+      non-integer numbers or integers with at least `numeric_min_distinct` distinct values,
+      categorical otherwise; integers that identify something (a column named `...id`, or unique on
+      most rows) are categorical. When any is given, only the listed columns are features, each of
+      the type it is listed as.
     user_column: Identifies the user; always a categorical feature.
     numeric_min_distinct: See above.
-    hash_threshold, hash_buckets: Categoricals with more than `hash_threshold` distinct values are
-      hashed into `hash_buckets` buckets.
+    hash_threshold, hash_buckets: Categoricals with more than `hash_threshold` distinct values, and
+      `hashed` columns, are hashed into `hash_buckets` buckets.
+
+  Raises:
+    DataFormatError: A named column is not in the file (the message lists the file's columns), or
+      a value does not fit its column's type.
+    ValueError: No label column, or a column listed as two types.
   """
   if not label_columns:
     raise ValueError('label_columns must name at least the click label column.')
-  given = [*(categorical or ()), *(numeric or ()), *([user_column] if user_column else [])]
-  raw = read_table(source, [domain_column, *label_columns, *given])
-  if categorical is None and numeric is None:
+  listed_as: Dict[str, str] = {}
+  for kind, names in (('categorical', categorical), ('numeric', numeric), ('hashed', hashed)):
+    for name in names or ():
+      if listed_as.setdefault(name, kind) != kind:
+        raise ValueError(f'Column {name!r} is listed as both {listed_as[name]} and {kind}; list it once.')
+  user = [user_column] if user_column else []
+  raw = read_table(source, [domain_column, *label_columns, *listed_as, *user])
+  if not listed_as:
     features = [c for c in raw.columns if c not in (domain_column, *label_columns)]
     numeric = [c for c in features
                if c != user_column and _is_numeric_feature(c, raw[c], numeric_min_distinct)]
     categorical = [c for c in features if c not in numeric]
-  categorical = list(dict.fromkeys([*(categorical or ()), *([user_column] if user_column else [])]))
+  hashed = list(hashed or ())
+  categorical = [c for c in dict.fromkeys([*(categorical or ()), *user]) if c not in hashed]
   numeric = [c for c in numeric or () if c not in categorical]
 
   columns = {domain_column: _domain_names(raw, domain_column, source, domain_column)}
   columns.update({label: _parse_label(raw, label, source) for label in label_columns})
-  columns.update({c: _categorical_values(raw, c, source) for c in categorical})
+  columns.update({c: _categorical_values(raw, c, source) for c in [*categorical, *hashed]})
   columns.update({c: parse_numbers(raw, c, source, allow_missing=True) for c in numeric})
-  return _assemble(pd.DataFrame(columns), categorical=categorical, numeric=numeric, domain=domain_column,
-                   label=label_columns[0], extra_labels=label_columns[1:], user=user_column,
-                   hash_threshold=hash_threshold, hash_buckets=hash_buckets)
+  return _assemble(pd.DataFrame(columns), categorical=categorical, numeric=numeric, hashed=hashed,
+                   domain=domain_column, label=label_columns[0], extra_labels=label_columns[1:],
+                   user=user_column, hash_threshold=hash_threshold, hash_buckets=hash_buckets)

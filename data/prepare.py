@@ -4,7 +4,8 @@ Output layout:
   <output_dir>/{train,eval,test}/data.csv   the splits, columns of features.json in order
   <output_dir>/features.json               the FeatureSpec
   <output_dir>/schema.pbtxt                the schema ExampleValidator checks each span against
-  <output_dir>/split.json                  the dataset, how it was split and the rows per split and domain
+  <output_dir>/split.json                  the dataset, the rows its loader dropped, how it was split, the
+                                           rows per split and domain and each split's positive rate
 Everything is written into a hidden directory beside `output_dir` and renamed into place at the end,
 so an error leaves nothing behind.
 """
@@ -14,7 +15,7 @@ import shutil
 import tempfile
 from typing import Callable, Dict, Sequence
 
-from data.loaders import (DataFormatError, Loaded, load_ali_ccp, load_csv, load_kuairand,
+from data.loaders import (DataFormatError, Loaded, load_ali_ccp, load_ciao, load_csv, load_kuairand,
                           load_movielens)
 from data.split import DEFAULT_RATIOS, random_split, temporal_split
 from data.synthetic import write_csv
@@ -26,6 +27,7 @@ DATASETS: Dict[str, Callable[..., Loaded]] = {
     'movielens': load_movielens,
     'ali-ccp': load_ali_ccp,
     'kuairand': load_kuairand,
+    'ciao': load_ciao,
     'csv': load_csv,
 }
 SPLIT_FILE = 'split.json'
@@ -37,7 +39,7 @@ def prepare(dataset: str, source: str, output_dir: str, split: str = 'random',
   """Loads `dataset` from `source`, splits it and writes it to `output_dir`; returns split.json's content.
 
   Args:
-    dataset: One of DATASETS: 'movielens', 'ali-ccp', 'kuairand' or 'csv'.
+    dataset: One of DATASETS: 'movielens', 'ali-ccp', 'kuairand', 'ciao' or 'csv'.
     source: The dataset's file or directory, as its loader expects.
     output_dir: Where to write; it must not exist unless `overwrite`.
     split: 'random' (stratified by domain, with `seed`) or 'temporal' (by `time_column`).
@@ -45,7 +47,8 @@ def prepare(dataset: str, source: str, output_dir: str, split: str = 'random',
     seed: Seed of the random split.
     time_column: Column ordering a temporal split; the named loaders call it 'timestamp'.
     overwrite: Replace an existing `output_dir`, once the new one is complete.
-    **loader_options: Passed to the loader, for example `domain='age'` for MovieLens.
+    **loader_options: Passed to the loader, for example `domain='age'` for MovieLens or
+      `label_rule='ge4'` for Ciao.
 
   Raises:
     DataFormatError: A source file does not match its format, or a loader option is unknown.
@@ -60,7 +63,7 @@ def prepare(dataset: str, source: str, output_dir: str, split: str = 'random',
   if os.path.exists(output_dir) and not overwrite:
     raise FileExistsError(f'{output_dir} exists; pass overwrite=True to replace it.')
 
-  frame, spec, column_types = DATASETS[dataset](source, **loader_options)
+  frame, spec, column_types, dropped_rows = DATASETS[dataset](source, **loader_options)
   if split == 'random':
     splits, split_info = random_split(frame, spec.domain, ratios, seed)
   elif time_column not in frame:
@@ -72,7 +75,8 @@ def prepare(dataset: str, source: str, output_dir: str, split: str = 'random',
   if empty:
     raise ValueError(f'Splits {empty} would be empty ({len(frame)} rows, ratios {list(ratios)}).')
   info = {'dataset': dataset, 'source': os.path.abspath(source), 'loader_options': loader_options,
-          **split_info}
+          'dropped_rows': dict(dropped_rows), **split_info,
+          'positive_rate': {name: round(float(part[spec.label].mean()), 4) for name, part in splits.items()}}
 
   parent = os.path.dirname(output_dir)
   os.makedirs(parent, exist_ok=True)

@@ -12,7 +12,7 @@ from data.prepare import DataFormatError, prepare
 from data.split import SPLITS
 from models.features import FeatureSpec
 from schemas import load_schema
-from tests.data.test_loaders import dataset
+from tests.data.test_loaders import dataset, write_ciao, write_ids_csv
 
 PANDAS_TO_CSV_TYPE = {'int64': 'INT', 'float64': 'FLOAT', 'object': 'BYTES'}
 
@@ -31,6 +31,7 @@ def test_layout(ml100k_output):
   assert sorted(os.listdir(output_dir.parent)) == ['ml-100k']  # no staging directory left
   assert json.loads((output_dir / 'split.json').read_text()) == info
   assert info['dataset'] == 'movielens' and info['method'] == 'random' and info['seed'] == 1
+  assert info['dropped_rows'] == {}  # MovieLens keeps every row
   assert sum(info['rows'].values()) == 100_000
   assert sum(info['rows_per_domain'][name]['F'] for name in SPLITS) == 25_740
 
@@ -76,6 +77,34 @@ def test_ali_ccp_and_kuairand(tmp_path):
   assert FeatureSpec.load(str(tmp_path / 'ali')).extra_labels == ['conversion']
   info = prepare('kuairand', dataset('kuairand-sample'), str(tmp_path / 'kuai'))
   assert info['rows_per_domain']['train'] == {'tab_1': 120}
+
+
+def test_ciao_random_split_records_dropped_rows(tmp_path):
+  source = tmp_path / 'ciao'
+  source.mkdir()
+  write_ciao(source / 'ratings.csv.gz')
+  output_dir = tmp_path / 'out'
+  info = prepare('ciao', str(source), str(output_dir), seed=3)
+  assert json.loads((output_dir / 'split.json').read_text()) == info
+  assert info['dropped_rows'] == {'rating 0 (invalid)': 6}
+  assert info['rows'] == {'train': 15, 'eval': 3, 'test': 6}  # 8 valid rows per category: 5 / 1 / 2
+  assert info['rows_per_domain']['train'] == {'ciao_cafe': 5, 'dvds': 5, 'food_drink': 5}
+  assert sum(info['positive_rate'][name] * info['rows'][name] for name in SPLITS) == pytest.approx(3)
+  assert FeatureSpec.load(str(output_dir)).domains == ['ciao_cafe', 'dvds', 'food_drink']
+
+
+def test_prepare_command_on_ciao_temporal_ge4(tmp_path, capsys):
+  output_dir = tmp_path / 'out'
+  assert tfx_runner.main(['prepare', 'ciao', '--source', write_ciao(tmp_path / 'ratings.csv.gz'), '--output-dir',
+                          str(output_dir), '--split', 'temporal', '--label-rule', 'ge4']) == 0
+  info = json.loads((output_dir / 'split.json').read_text())
+  assert f'Prepared ciao in {output_dir}' in capsys.readouterr().out
+  assert (info['loader_options'], info['method']) == ({'label_rule': 'ge4'}, 'temporal')
+  assert info['dropped_rows'] == {'rating 0 (invalid)': 6} and info['rows'] == {'train': 14, 'eval': 5, 'test': 5}
+  train, test = (pd.read_csv(output_dir / name / 'data.csv') for name in ('train', 'test'))
+  assert train.timestamp.max() < info['boundaries']['eval_start'] == 959670000 + 17 * 86400
+  assert test.timestamp.min() == info['boundaries']['test_start']
+  assert info['positive_rate'] == {'train': round(5 / 14, 4), 'eval': 0.2, 'test': 0.0}  # ratings 4 and 5 by day
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path):
@@ -134,6 +163,12 @@ def csv_case(name, text, dataset_name, **options):
   return make
 
 
+def ciao_case(lines):
+  def make(directory):
+    return 'ciao', write_ciao(directory / 'ratings.csv.gz', lines), {}
+  return make
+
+
 MALFORMED = {
     'wrong separator': (ml100k_case('u.data', '1,10,5,881250949\n'), 'u.data', 1, 'item_id'),
     'non-numeric rating': (ml100k_case('u.data', '1\t10\t5\t881250949\n2\t10\tfive\t881250950\n'),
@@ -155,6 +190,8 @@ MALFORMED = {
                                   label_columns=['click']), 'log.csv', 1, 'click'),
     'too many fields': (csv_case('log.csv', 'scene,click\na,1\nb,0,7\n', 'csv', domain_column='scene',
                                  label_columns=['click']), 'log.csv', 3, 'click'),
+    'ciao rating out of range': (ciao_case(['1,2,1,DVDs,5,1,959670000', '1,3,1,DVDs,-1,1,959670000']),
+                                 'ratings.csv.gz', 3, 'rating'),
 }
 
 
@@ -200,3 +237,16 @@ def test_prepare_command_on_a_generic_csv(tmp_path, capsys):
   assert (listed.categorical, listed.numeric) == (['item_id'], ['price'])  # only the listed columns
   with pytest.raises(SystemExit, match='--domain'):
     tfx_runner.main(['prepare', 'csv', '--source', source, '--output-dir', str(tmp_path / 'x')])
+
+
+def test_prepare_command_on_a_csv_with_hashed_and_unknown_columns(tmp_path, capsys):
+  source = write_ids_csv(tmp_path / 'log.csv')
+  command = ['prepare', 'csv', '--source', source, '--domain', 'd', '--label-columns', 'click']
+  assert tfx_runner.main([*command, '--output-dir', str(tmp_path / 'out'), '--hashed', 'user_id',
+                          '--numeric', 'views']) == 0
+  spec = FeatureSpec.load(str(tmp_path / 'out'))
+  assert (spec.vocab, spec.hashed, spec.numeric) == ([], {'user_id': 100_000}, ['views'])
+  assert tfx_runner.main([*command, '--output-dir', str(tmp_path / 'bad'), '--categorical', 'user,views']) == 2
+  assert ("field 'user': expected a column named 'user' in the header, found ['d', 'click', 'user_id', "
+          in capsys.readouterr().err)
+  assert not (tmp_path / 'bad').exists()
