@@ -50,8 +50,8 @@ def load(dataset: str, rows: int, source: str = None):
   """(frame, FeatureSpec, schema or None for the default data's) of `dataset`."""
   if dataset == 'rare':
     return synthetic.generate(rows, seed=0, click_rates=RARE_CLICK_RATES), synthetic.FEATURE_SPEC, None
-  frame, spec, column_types = LOADERS[dataset](source, **LOADER_OPTIONS[dataset])
-  return frame, spec, build_schema(spec, column_types)
+  loaded = LOADERS[dataset](source, **LOADER_OPTIONS[dataset])
+  return loaded.frame, loaded.spec, build_schema(loaded.spec, loaded.column_types)
 
 
 def summarize(results) -> dict:
