@@ -1,8 +1,10 @@
 """The real pipeline with a multi-task head (ESMM) end to end on a few thousand rows: trained on click and
-conversion, gated per task, pushed, served with every task's probability. The run is a pipeline of its own, so
+conversion with GradVac and a CTCVR AUC floor it cannot reach, gated per task, pushed, served with every task's
+probability. The run is a pipeline of its own, so
 `make test-all` runs it; the fast suite checks its parts: the evaluation and gate settings here, the per-task gate
 on a served two-task model (tests/components/test_promotion_gate.py), the heads trained, exported and served
 (tests/models/heads)."""
+import glob
 import json
 import os
 
@@ -11,13 +13,15 @@ import pytest
 import tensorflow as tf
 
 from data import synthetic
+from models.trainer import TRAINING_STATS_FILE
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import eval_config, promotion_settings
 from tests import runs
 
 ROWS = 3000
-ESMM_RUN = ['--head', 'esmm', '--balancing', 'uncertainty', '--pcgrad', '--pretrain-steps', '100',
-            '--finetune-steps', '20', '--eval-steps', '2']
+UNREACHABLE = 'ctcvr_auc>=0.99'  # broken every epoch: its multiplier must rise
+ESMM_RUN = ['--head', 'esmm', '--balancing', 'uncertainty', '--gradient-surgery', 'gradvac', '--constraint',
+            UNREACHABLE, '--pretrain-steps', '100', '--finetune-steps', '20', '--eval-steps', '2']
 
 
 def test_every_task_is_evaluated_and_gated_with_its_floor():
@@ -72,3 +76,18 @@ def test_serving_default_returns_every_task(esmm_run):
   assert ctr.shape == cvr.shape == ctcvr.shape == (32,)
   assert np.all((ctr > 0) & (ctr < 1)) and np.all((cvr > 0) & (cvr < 1))
   np.testing.assert_allclose(ctcvr, ctr * cvr, rtol=1e-5)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_each_trainer_records_the_multiplier_rising_while_the_floor_is_broken(esmm_run):
+  stats_files = sorted(glob.glob(str(esmm_run['output_dir'] / 'pipeline_root' / '*Trainer' / 'model' / '*' / '**' /
+                                     TRAINING_STATS_FILE), recursive=True))
+  assert len(stats_files) == 2  # pretrain and fine-tune
+  for path in stats_files:
+    with open(path) as f:
+      trajectory = json.load(f)['constraints'][UNREACHABLE]
+    assert [step['epoch'] for step in trajectory] == list(range(1, len(trajectory) + 1)), path
+    assert all(step['value'] < 0.99 for step in trajectory), path
+    multipliers = [step['multiplier'] for step in trajectory]
+    assert multipliers[0] > 0 and multipliers == sorted(multipliers), path

@@ -18,7 +18,7 @@ from tfx_bsl.public import tfxio
 
 from components import anomalies_gate
 from components.promotion_gate import PromotionGate, read_evaluation
-from data import synthetic
+from data import revenue, synthetic
 from models import trainer
 from models.trainer import export_serving_model, keras_model_path
 from pipeline import lineage
@@ -282,6 +282,20 @@ def test_the_flat_layout_runs_end_to_end(tmp_path):
   _write_flat_layout(data_dir)
   assert runs.run_cli(output_dir, data_dir) == 0
   assert (output_dir / 'report.json').exists()
+
+
+@pytest.mark.slow
+def test_the_value_label_trains_with_the_pairwise_loss_and_serves_probabilities(tmp_path):
+  output_dir = tmp_path / 'out'
+  assert runs.run_cli(output_dir, extra=['--rows', '3000', '--label', 'value', '--loss', 'ranknet+logloss']) == 0
+  with open(output_dir / 'report.json') as f:
+    report = json.load(f)
+  assert 0.5 < report['auc_pretrain'] <= 1.0  # ranks the value label better than chance
+  candidate = glob.glob(str(output_dir / 'pipeline_root' / 'FinetuneTrainer' / 'model' / '*' / 'Format-Serving'))
+  serve = tf.saved_model.load(candidate[0]).signatures['serving_default']
+  rows = pd.read_csv(glob.glob(str(output_dir / 'data' / '*.csv'))[0]).iloc[:64]
+  scores = serve(examples=runs.serialized_examples(rows, runs.request_columns(revenue.VALUE_SPEC)))['ctr'].numpy()
+  assert np.all((scores > 0) & (scores < 1))  # calibrated probabilities, though the pairwise loss sets no level
 
 
 def _assert_stopped_before_training(status, output_dir, message, field, fix='schema'):
