@@ -316,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument('--output-dir', required=True,
                      help='receives the prepared data, one folder per cell and the results; reuse it to resume')
   bench.add_argument('--datasets', type=lambda text: text.split(','), default=['movielens:gender', 'movielens:age'],
-                     help='comma-separated: movielens:gender, movielens:age, movielens:occupation or synthetic '
-                          '(default movielens:gender,movielens:age)')
+                     help='comma-separated: movielens:gender, movielens:age, movielens:occupation, ciao or '
+                          'synthetic (default movielens:gender,movielens:age)')
   bench.add_argument('--backbones', type=lambda text: text.split(','), default=sorted(BACKBONES),
                      help=f'comma-separated backbones (default {",".join(sorted(BACKBONES))})')
   bench.add_argument('--methods', type=lambda text: text.split(','), default=['base', 'mlora'],
@@ -330,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help='comma-separated training seeds (default 0,1,2)')
   bench.add_argument('--movielens-path', default=os.path.join(REPO_ROOT, '..', 'shared', 'datasets', 'ml-100k'),
                      help='MovieLens 100K or 1M folder (default ../shared/datasets/ml-100k beside the repo)')
+  bench.add_argument('--ciao-path', default=os.path.join(REPO_ROOT, '..', 'shared', 'datasets', 'ciao'),
+                     help='the Ciao release folder (default ../shared/datasets/ciao beside the repo)')
   bench.add_argument('--rows', type=_positive(int), default=None,
                      help='rows of the synthetic dataset (default 200000)')
   _add_training_options(bench)
@@ -408,7 +410,7 @@ def run_bench(args) -> int:
 
   start = time.time()
   try:
-    datasets = [bench.Dataset.parse(text, args.movielens_path, args.rows or synthetic.DEFAULT_ROWS)
+    datasets = [bench.Dataset.parse(text, args.movielens_path, args.rows or synthetic.DEFAULT_ROWS, args.ciao_path)
                 for text in args.datasets]
     cells = bench.build_grid(datasets, args.backbones, args.seeds, args.methods)
   except ValueError as error:

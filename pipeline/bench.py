@@ -102,21 +102,22 @@ METHODS: Dict[str, Method] = {
     'no_adapter': Method('+fine-tune, no adapter', 'finetune', 'none', baseline=BASELINE),
 }
 DEFAULT_METHODS = (BASELINE, 'mlora')
-SYNTHETIC = 'synthetic'
+SYNTHETIC, CIAO = 'synthetic', 'ciao'
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A benchmark dataset: `movielens:<user field>` (one domain per value of gender, age or occupation)
-  read from `source`, or `synthetic` (the embedded generator, `rows` rows)."""
+  or `ciao` (one domain per product category) read from `source`, or `synthetic` (the embedded generator,
+  `rows` rows)."""
   name: str
   domain: Optional[str] = None
   source: Optional[str] = None
   rows: Optional[int] = None
 
   @classmethod
-  def parse(cls, text: str, movielens_path: str, synthetic_rows: int) -> 'Dataset':
-    """'movielens:age', 'movielens' (gender domains) or 'synthetic'; ValueError for anything else."""
+  def parse(cls, text: str, movielens_path: str, synthetic_rows: int, ciao_path: Optional[str] = None) -> 'Dataset':
+    """'movielens:age', 'movielens' (gender domains), 'ciao' or 'synthetic'; ValueError for anything else."""
     name, _, domain = text.partition(':')
     if name == 'movielens':
       domain = domain or 'gender'
@@ -125,8 +126,10 @@ class Dataset:
       return cls(name, domain=domain, source=os.path.abspath(movielens_path))
     if name == SYNTHETIC and not domain:
       return cls(name, rows=synthetic_rows)
-    raise ValueError(f'Unknown dataset {text!r}; expected one of movielens[:{"|".join(MOVIELENS_DOMAINS)}] '
-                     f'or {SYNTHETIC}.')
+    if name == CIAO and not domain and ciao_path:
+      return cls(name, source=os.path.abspath(ciao_path))
+    raise ValueError(f'Unknown dataset {text!r}; expected one of movielens[:{"|".join(MOVIELENS_DOMAINS)}], '
+                     f'{CIAO} (with its path) or {SYNTHETIC}.')
 
   @property
   def key(self) -> str:
@@ -136,7 +139,9 @@ class Dataset:
   @property
   def folder(self) -> str:
     """Names its prepared data; differs whenever the data would."""
-    return f'{self.name}-{self.domain}' if self.domain else f'{self.name}-{self.rows}'
+    if self.domain:
+      return f'{self.name}-{self.domain}'
+    return f'{self.name}-{self.rows}' if self.rows else self.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +219,7 @@ def prepared_data(dataset: Dataset, output_dir: str) -> str:
       prepare('csv', source, path, domain_column=spec.domain, label_columns=spec.label_columns,
               categorical=spec.categorical, numeric=spec.numeric, user_column=spec.user)
   else:
-    prepare(dataset.name, dataset.source, path, domain=dataset.domain)
+    prepare(dataset.name, dataset.source, path, **({'domain': dataset.domain} if dataset.domain else {}))
   return path
 
 

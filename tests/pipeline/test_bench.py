@@ -178,7 +178,9 @@ def test_dataset_names():
   assert bench.Dataset.parse('movielens:age', 'ml', 100).folder == 'movielens-age'
   synthetic = bench.Dataset.parse('synthetic', 'ml', 3000)
   assert (synthetic.key, synthetic.folder) == ('synthetic', 'synthetic-3000')
-  for text in ('movielens:zip', 'criteo', 'synthetic:x'):
+  ciao = bench.Dataset.parse('ciao', 'ml', 100, 'ciao-release')
+  assert (ciao.key, ciao.folder, ciao.source) == ('ciao', 'ciao', os.path.abspath('ciao-release'))
+  for text in ('movielens:zip', 'criteo', 'synthetic:x', 'ciao:x', 'ciao'):
     with pytest.raises(ValueError):
       bench.Dataset.parse(text, 'ml', 100)
   with pytest.raises(ValueError, match='transformer'):
