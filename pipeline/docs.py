@@ -7,11 +7,12 @@ document beside the table):
                                        are written beside it
   docs/results/NAME.json               any other result: a run's report.json (`report`), a `simulate`
                                        summary (`simulate`), benchmarks/gate_quality.py's output (`gate`),
-                                       benchmarks/calibration.py's --json outputs merged (`calibration`)
+                                       benchmarks/calibration.py's --json outputs merged (`calibration`),
+                                       benchmarks/multitask.py's --json output (`multitask`)
 
 In README.md and docs/*.md, each block between `<!-- generated: KIND NAME -->` and `<!-- end generated -->`
 is the rendering of that results file: `bench NAME` the WAUC tables of docs/benchmarks/NAME, `report NAME`,
-`simulate NAME`, `gate NAME` and `calibration NAME` the tables of docs/results/NAME.json.
+`simulate NAME`, `gate NAME`, `calibration NAME` and `multitask NAME` the tables of docs/results/NAME.json.
 """
 import json
 import os
@@ -56,12 +57,18 @@ def _calibration_tables(name: str) -> str:
   return calibration.format_markdown(_json(name))
 
 
+def _multitask_tables(name: str) -> str:
+  from benchmarks import multitask  # pylint: disable=g-import-not-at-top
+  return multitask.format_markdown(_json(name))
+
+
 RENDERERS: Dict[str, Callable[[str], str]] = {
     'bench': _bench_tables,
     'report': lambda name: '```\n' + report_lib.format_table(_json(name)) + '\n```',
     'simulate': lambda name: '```\n' + simulate.format_summary(_json(name)['summaries']) + '\n```',
     'gate': _gate_table,
     'calibration': _calibration_tables,
+    'multitask': _multitask_tables,
 }
 
 
