@@ -8,11 +8,13 @@ document beside the table):
   docs/results/NAME.json               any other result: a run's report.json (`report`), a `simulate`
                                        summary (`simulate`), benchmarks/gate_quality.py's output (`gate`),
                                        benchmarks/calibration.py's --json outputs merged (`calibration`),
-                                       benchmarks/ranking_loss.py's (`ranking`)
+                                       benchmarks/ranking_loss.py's (`ranking`), benchmarks/multitask.py's
+                                       (`multitask`)
 
 In README.md and docs/*.md, each block between `<!-- generated: KIND NAME -->` and `<!-- end generated -->`
 is the rendering of that results file: `bench NAME` the WAUC tables of docs/benchmarks/NAME, `report NAME`,
-`simulate NAME`, `gate NAME`, `calibration NAME` and `ranking NAME` the tables of docs/results/NAME.json.
+`simulate NAME` and each benchmark kind (`gate`, `calibration`, `ranking`, `multitask`) the tables of
+docs/results/NAME.json.
 """
 import importlib
 import json
@@ -60,7 +62,8 @@ RENDERERS: Dict[str, Callable[[str], str]] = {
     'simulate': lambda name: '```\n' + simulate.format_summary(_json(name)['summaries']) + '\n```',
     # kind: the benchmarks/ script whose --json output docs/results/NAME.json is
     **{kind: _benchmark_tables(module) for kind, module in (
-        ('gate', 'gate_quality'), ('calibration', 'calibration'), ('ranking', 'ranking_loss'))},
+        ('gate', 'gate_quality'), ('calibration', 'calibration'), ('ranking', 'ranking_loss'),
+        ('multitask', 'multitask'))},
 }
 
 
