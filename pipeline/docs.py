@@ -7,11 +7,14 @@ document beside the table):
                                        are written beside it
   docs/results/NAME.json               any other result: a run's report.json (`report`), a `simulate`
                                        summary (`simulate`), benchmarks/gate_quality.py's output (`gate`),
-                                       benchmarks/calibration.py's --json outputs merged (`calibration`)
+                                       benchmarks/calibration.py's --json outputs merged (`calibration`),
+                                       benchmarks/constrained_objective.py's --json output (`constraint`),
+                                       benchmarks/reconstructed_objective.py's --json output (`revenue`)
 
 In README.md and docs/*.md, each block between `<!-- generated: KIND NAME -->` and `<!-- end generated -->`
 is the rendering of that results file: `bench NAME` the WAUC tables of docs/benchmarks/NAME, `report NAME`,
-`simulate NAME`, `gate NAME` and `calibration NAME` the tables of docs/results/NAME.json.
+`simulate NAME`, `gate NAME`, `calibration NAME`, `constraint NAME` and `revenue NAME` the tables of
+docs/results/NAME.json.
 """
 import json
 import os
@@ -56,12 +59,24 @@ def _calibration_tables(name: str) -> str:
   return calibration.format_markdown(_json(name))
 
 
+def _constraint_tables(name: str) -> str:
+  from benchmarks import constrained_objective  # pylint: disable=g-import-not-at-top
+  return constrained_objective.format_markdown(_json(name))
+
+
+def _revenue_tables(name: str) -> str:
+  from benchmarks import reconstructed_objective  # pylint: disable=g-import-not-at-top
+  return reconstructed_objective.format_markdown(_json(name))
+
+
 RENDERERS: Dict[str, Callable[[str], str]] = {
     'bench': _bench_tables,
     'report': lambda name: '```\n' + report_lib.format_table(_json(name)) + '\n```',
     'simulate': lambda name: '```\n' + simulate.format_summary(_json(name)['summaries']) + '\n```',
     'gate': _gate_table,
     'calibration': _calibration_tables,
+    'constraint': _constraint_tables,
+    'revenue': _revenue_tables,
 }
 
 
