@@ -113,14 +113,29 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                            f'(default {defaults["rank_weight"]})')
 
 
+def _add_head_options(parser: argparse.ArgumentParser) -> None:
+  """The multi-task head and its constraints, options of `run`, `simulate` and `bench`."""
+  from models.heads import HEADS  # pylint: disable=g-import-not-at-top
+  from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+  parser.add_argument('--head', choices=sorted(HEADS), default=None,
+                      help='multi-task head on its own MLP bottom, predicting click and conversion (ctr, cvr; ctcvr '
+                           'for esmm), served and gated per task (default: the single-task click model)')
+  parser.add_argument('--constraint', type=_constraint, action='append', default=None, metavar='TASK_METRIC>=BOUND',
+                      help='repeatable, with --head: a bound the training must keep on the eval batches, an AUC floor '
+                           '(cvr_auc>=0.70) or a loss ceiling (cvr_loss<=0.3), through a Lagrangian multiplier raised '
+                           'by dual ascent while it is broken (models/constraints.py)')
+  parser.add_argument('--dual-step', type=_positive(float), default=None,
+                      help='with --constraint: the dual ascent step of the multipliers per epoch (default '
+                           f'{PipelineConfig.dual_step:g})')
+
+
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
   """The options of a pipeline run that `run` and `simulate` (a run per simulated day) share."""
   from models.adaptation import ADAPTATIONS  # pylint: disable=g-import-not-at-top
   from models.backbones import BACKBONES  # pylint: disable=g-import-not-at-top
-  from models.heads import HEADS  # pylint: disable=g-import-not-at-top
   from models.multitask import BALANCINGS, SURGERIES  # pylint: disable=g-import-not-at-top
   from models.distribution import STRATEGIES  # pylint: disable=g-import-not-at-top
-  from pipeline.config import BEAM_RUNNER_ARGS, PipelineConfig  # pylint: disable=g-import-not-at-top
+  from pipeline.config import BEAM_RUNNER_ARGS  # pylint: disable=g-import-not-at-top
   _add_training_options(parser)
   parser.add_argument('--alpha', type=_positive(int), default=None,
                       help='MLoRA rank divisor: each layer gets rank max(d_out // alpha, 1) (default 8)')
@@ -138,9 +153,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                       help='repeatable: one more Trainer in the run, for comparison only (neither gated nor '
                            'pushed): pretrain:ADAPTATION trains it end to end, finetune:ADAPTATION adds it to the '
                            'pretrained backbone; `bench` scores these models')
-  parser.add_argument('--head', choices=sorted(HEADS), default=None,
-                      help='multi-task head on its own MLP bottom, predicting click and conversion (ctr, cvr; ctcvr '
-                           'for esmm), served and gated per task (default: the single-task click model)')
+  _add_head_options(parser)
   parser.add_argument('--balancing', choices=sorted(BALANCINGS), default=None,
                       help='with --head: how the task losses are weighed (default fixed)')
   parser.add_argument('--gradient-surgery', choices=sorted(SURGERIES), default=None,
@@ -149,13 +162,6 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                            'toward its moving-average cosine (default: neither)')
   parser.add_argument('--pcgrad', dest='gradient_surgery', action='store_const', const='pcgrad',
                       help='the same as --gradient-surgery pcgrad')
-  parser.add_argument('--constraint', type=_constraint, action='append', default=None, metavar='TASK_METRIC>=BOUND',
-                      help='repeatable, with --head: a bound the training must keep on the eval batches, an AUC floor '
-                           '(cvr_auc>=0.70) or a loss ceiling (cvr_loss<=0.3), through a Lagrangian multiplier raised '
-                           'by dual ascent while it is broken (models/constraints.py)')
-  parser.add_argument('--dual-step', type=_positive(float), default=None,
-                      help='with --constraint: the dual ascent step of the multipliers per epoch (default '
-                           f'{PipelineConfig.dual_step:g})')
   parser.add_argument('--min-domain-auc', type=float, default=None,
                       help='promotion gate, first run (no production model yet): a domain with enough test data, '
                            'or the whole test split, blocks the model when its AUC interval lies below this '
@@ -334,7 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help='the Ciao release folder (default ../shared/datasets/ciao beside the repo)')
   bench.add_argument('--rows', type=_positive(int), default=None,
                      help='rows of the synthetic dataset (default 200000)')
+  bench.add_argument('--label', choices=['click', 'value'], default='click',
+                     help='the training label: click (default), or value (synthetic only: the reconstructed ads '
+                          'objective of data/revenue.py, prepared into the dataset\'s data, which every cell\'s run '
+                          'trains and is scored on)')
   _add_training_options(bench)
+  _add_head_options(bench)
 
   serve = commands.add_parser(
       'serve', help='serve the pushed model over gRPC with TF Serving\'s API (PredictionService, ModelService)',
@@ -410,7 +421,8 @@ def run_bench(args) -> int:
 
   start = time.time()
   try:
-    datasets = [bench.Dataset.parse(text, args.movielens_path, args.rows or synthetic.DEFAULT_ROWS, args.ciao_path)
+    datasets = [bench.Dataset.parse(text, args.movielens_path, args.rows or synthetic.DEFAULT_ROWS, args.ciao_path,
+                                    args.label)
                 for text in args.datasets]
     cells = bench.build_grid(datasets, args.backbones, args.seeds, args.methods)
   except ValueError as error:
@@ -420,7 +432,10 @@ def run_bench(args) -> int:
       batch_size=args.batch_size, hidden_units='-'.join(map(str, args.hidden_units)) if args.hidden_units else None,
       embedding_dim=args.embedding_dim,
       pretrain_learning_rate=args.pretrain_learning_rate, finetune_learning_rate=args.finetune_learning_rate,
-      loss=args.loss, rank_weight=args.rank_weight)
+      loss=args.loss, rank_weight=args.rank_weight, head=args.head, constraint=tuple(args.constraint or ()),
+      dual_step=args.dual_step)
+  if training.constraint and not training.head:  # else every cell's run would fail on it
+    raise SystemExit('bench: --constraint applies to a multi-task model: set --head.')
   summary = bench.run_grid(cells, training, os.path.abspath(args.output_dir))
   print('\n' + bench.format_markdown(summary))
   print(f'results: {os.path.join(args.output_dir, bench.RESULTS_MD)}  total wall time: {time.time() - start:.0f} s')

@@ -82,11 +82,18 @@ def train_stage(stage: str, config: PipelineConfig, accessor, transform_dir: str
   return serving_dir
 
 
+def served_outputs(serving_dir: str, examples, batch_size: int = 8192) -> dict:
+  """{output: [n] scores} of the exported model for serialized examples, through `serving_default`: `ctr`,
+  and a multi-task model's other tasks (`cvr`, ...)."""
+  serve = tf.saved_model.load(serving_dir).signatures[signatures.DEFAULT]
+  batches = [serve(**{signatures.EXAMPLES_INPUT: tf.constant(examples[i:i + batch_size])})
+             for i in range(0, len(examples), batch_size)]
+  return {name: np.concatenate([batch[name].numpy() for batch in batches]) for name in batches[0]}
+
+
 def served_predictions(serving_dir: str, examples, batch_size: int = 8192) -> np.ndarray:
   """The exported model's `ctr` for serialized examples, through `serving_default`."""
-  serve = tf.saved_model.load(serving_dir).signatures[signatures.DEFAULT]
-  return np.concatenate([serve(**{signatures.EXAMPLES_INPUT: tf.constant(examples[i:i + batch_size])})['ctr'].numpy()
-                         for i in range(0, len(examples), batch_size)])
+  return served_outputs(serving_dir, examples, batch_size)['ctr']
 
 
 def domain_table(labels, predictions, domains) -> dict:
@@ -280,7 +287,8 @@ def format_report(results, args) -> str:
   return '\n'.join(lines)
 
 
-def _markdown_row(cells) -> str:
+def markdown_row(cells) -> str:
+  """A Markdown table row of `cells`."""
   return '| ' + ' | '.join(map(str, cells)) + ' |'
 
 
@@ -296,23 +304,23 @@ def format_markdown(results: dict, seed: int = 0) -> str:
             [f'ratio {v}' for v in before_after] + [f'AUC {v}' for v in before_after])
   lines = [f'Fine-tuned model, seed {seed}, test split: log loss against the constant rate (✗: worse than the '
            'constant), calibration ratio (mean prediction / click rate) and AUC.', '',
-           _markdown_row(header), '|---|' + '---:|' * (len(header) - 1)]
+           markdown_row(header), '|---|' + '---:|' * (len(header) - 1)]
   for name in SPEC.domains + ['all']:
     cells = {v: tables[v][name] for v in compared}
     first = cells[compared[0]]
-    lines.append(_markdown_row(
+    lines.append(markdown_row(
         [name, first['count'], f"{first['constant']:.4f}"] +
         [f"{cells[v]['logloss']:.4f}" + ('' if beats_constant(cells[v]) else ' ✗') for v in compared] +
         [f"{cells[v]['calibration']:.3f}" for v in before_after] + [f"{cells[v]['auc']:.4f}" for v in before_after]))
   lines += ['', f'Every run (unknown domain: the same test rows with their domain replaced by {UNSEEN_DOMAIN!r}):', '',
-            _markdown_row(['variant', 'seed', 'stage', 'WAUC', 'log loss beats the constant',
+            markdown_row(['variant', 'seed', 'stage', 'WAUC', 'log loss beats the constant',
                            'unknown domain: AUC known / unseen', 'WAUC known / unseen',
                            'mean prediction / click rate known / unseen']),
             '|---|---:|---|---:|---:|---:|---:|---:|']
   for record in results['results']:
     table, fallback = record['table'], record['fallback']
     wauc = (f"{fallback['wauc_known']:.4f} / {fallback['wauc_unknown']:.4f}" if 'wauc_known' in fallback else '')
-    lines.append(_markdown_row(
+    lines.append(markdown_row(
         [f"`{record['variant']}`", record['seed'], record['stage'], f"{table['wauc']:.4f}",
          f'{domains_beating_constant(table)}/{len(SPEC.domains)}',
          f"{fallback['auc_known']:.4f} / {fallback['auc_unknown']:.4f}", wauc,

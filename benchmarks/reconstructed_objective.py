@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from benchmarks import calibration, in_process  # noqa: E402
 from data import revenue, synthetic  # noqa: E402
 from models import metrics  # noqa: E402
+from pipeline.bench import mean_std, paired_change, plus_minus  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 
 SPEC = synthetic.FEATURE_SPEC
@@ -68,6 +69,48 @@ def format_table(results, ks) -> str:
     lines.append(f'{model:8}{mean(lambda c: c["auc_click"]):11.4f}{mean(lambda c: c["auc_value"]):11.4f}'
                  + ''.join(f'{mean(lambda c, k=k: c[f"revenue@{k}"]["all"]):14.4f}' for k in ks))
   lines.append(f'expected revenue per exposure of the test split: {results[0]["base_revenue"]:.4f}' if results else '')
+  return '\n'.join(lines)
+
+
+def revenue_keys(results) -> list:
+  """The `revenue@k` figures of a results file's records, in k order."""
+  return sorted((key for key in results[0]['scores'] if key.startswith('revenue@')), key=lambda k: int(k[8:]))
+
+
+def format_markdown(results: dict) -> str:
+  """The tables of a results file (`--json`): per model the test AUCs and revenue@k over the domains, means
+  ± the 95% interval over seeds, with the value model's change against the click model paired by seed; then
+  per domain revenue@k of both models and the paired change."""
+  row, records = calibration.markdown_row, results['results']
+  keys = revenue_keys(records)
+  by_model = {m: {r['seed']: r['scores'] for r in records if r['model'] == m} for m in MODELS}
+  seeds = sorted(by_model[MODELS[0]])
+
+  def over_seeds(model, figure):
+    return mean_std([figure(card) for card in by_model[model].values()])
+
+  def change(figure):
+    return plus_minus(paired_change(*({s: figure(c) for s, c in by_model[m].items()} for m in ('value', 'click'))),
+                      '+.4f', with_p=True)
+
+  figures = {'AUC click': lambda c: c['auc_click'], 'AUC value': lambda c: c['auc_value'],
+             **{key: lambda c, key=key: c[key]['all'] for key in keys}}
+  lines = [f'Test split; mean over seeds {",".join(map(str, seeds))} ± the half-width of the 95% t-interval; change: '
+           'value - click, paired by seed (± its 95% interval; p: paired t-test). revenue@k: revenue per exposure of '
+           'the top k per domain, over the domains weighted by their test exposures; an exposure of the test split '
+           f'earns {records[0]["base_revenue"]:.4f} on average.', '',
+           row(['model', *figures]), '|---|' + '---:|' * len(figures)]
+  lines += [row([f'`{model}`'] + [plus_minus(over_seeds(model, f)) for f in figures.values()]) for model in MODELS]
+  lines.append(row(['change'] + [change(f) for f in figures.values()]))
+  domains = [d for d in records[0]['scores'][keys[0]] if d != 'all']
+  header = ['domain'] + [f'{key} {name}' for key in keys for name in (*MODELS, 'change')]
+  lines += ['', row(header), '|---|' + '---:|' * (len(header) - 1)]
+  for domain in domains + ['all']:
+    cells = [domain]
+    for key in keys:
+      figure = lambda c, key=key: c[key][domain]  # noqa: E731
+      cells += [plus_minus(over_seeds(model, figure)) for model in MODELS] + [change(figure)]
+    lines.append(row(cells))
   return '\n'.join(lines)
 
 

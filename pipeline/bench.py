@@ -39,7 +39,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx.utils import path_utils
 from tfx_bsl.coders import example_coder
 
-from data import synthetic
+from data import revenue, synthetic
 from data.loaders import MOVIELENS_DOMAINS
 from data.prepare import prepare
 from models import metrics
@@ -103,50 +103,65 @@ METHODS: Dict[str, Method] = {
 }
 DEFAULT_METHODS = (BASELINE, 'mlora')
 SYNTHETIC, CIAO = 'synthetic', 'ciao'
+CLICK = 'click'
+LABELS = (CLICK, revenue.VALUE_LABEL)  # a dataset's training label
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A benchmark dataset: `movielens:<user field>` (one domain per value of gender, age or occupation)
   or `ciao` (one domain per product category) read from `source`, or `synthetic` (the embedded generator,
-  `rows` rows)."""
+  `rows` rows), trained on `label`: the click, or (synthetic only, which has the revenue) the reconstructed
+  value label of data/revenue.py."""
   name: str
   domain: Optional[str] = None
   source: Optional[str] = None
   rows: Optional[int] = None
+  label: str = CLICK
 
   @classmethod
-  def parse(cls, text: str, movielens_path: str, synthetic_rows: int, ciao_path: Optional[str] = None) -> 'Dataset':
-    """'movielens:age', 'movielens' (gender domains), 'ciao' or 'synthetic'; ValueError for anything else."""
+  def parse(cls, text: str, movielens_path: str, synthetic_rows: int, ciao_path: Optional[str] = None,
+            label: str = CLICK) -> 'Dataset':
+    """'movielens:age', 'movielens' (gender domains), 'ciao' or 'synthetic', with `label` (LABELS); ValueError
+    for anything else."""
+    if label not in LABELS:
+      raise ValueError(f'Unknown label {label!r}; expected one of {list(LABELS)}.')
     name, _, domain = text.partition(':')
     if name == 'movielens':
+      if label != CLICK:
+        raise ValueError(f'{text!r} has no revenue to build the {label} label from: use {SYNTHETIC}, or the click '
+                         'label.')
       domain = domain or 'gender'
       if domain not in MOVIELENS_DOMAINS:
         raise ValueError(f'{text!r}: MovieLens domains come from one of {list(MOVIELENS_DOMAINS)}.')
       return cls(name, domain=domain, source=os.path.abspath(movielens_path))
     if name == SYNTHETIC and not domain:
-      return cls(name, rows=synthetic_rows)
-    if name == CIAO and not domain and ciao_path:
+      return cls(name, rows=synthetic_rows, label=label)
+    if name == CIAO and not domain and ciao_path and label == CLICK:
       return cls(name, source=os.path.abspath(ciao_path))
     raise ValueError(f'Unknown dataset {text!r}; expected one of movielens[:{"|".join(MOVIELENS_DOMAINS)}], '
-                     f'{CIAO} (with its path) or {SYNTHETIC}.')
+                     f'{CIAO} (with its path; click label) or {SYNTHETIC}.')
 
   @property
   def key(self) -> str:
-    """The name results are reported under."""
-    return f'{self.name}:{self.domain}' if self.domain else self.name
+    """The name results are reported under (the click label's as they always were)."""
+    key = f'{self.name}:{self.domain}' if self.domain else self.name
+    return key if self.label == CLICK else f'{key}-{self.label}'
 
   @property
   def folder(self) -> str:
     """Names its prepared data; differs whenever the data would."""
     if self.domain:
       return f'{self.name}-{self.domain}'
-    return f'{self.name}-{self.rows}' if self.rows else self.name
+    if not self.rows:
+      return self.name
+    return f'{self.name}-{self.rows}' if self.label == CLICK else f'{self.name}-{self.label}-{self.rows}'
 
 
 @dataclasses.dataclass(frozen=True)
 class Training:
-  """The `tfx_runner.py run` options every cell shares; None keeps the pipeline's default."""
+  """The `tfx_runner.py run` options every cell shares; None (or, for a repeatable option, ()) keeps the
+  pipeline's default."""
   pretrain_steps: Optional[int] = None
   finetune_steps: Optional[int] = None
   eval_steps: Optional[int] = None
@@ -157,15 +172,26 @@ class Training:
   finetune_learning_rate: Optional[float] = None
   loss: Optional[str] = None  # logloss, ranknet or ranknet+logloss
   rank_weight: Optional[float] = None
+  head: Optional[str] = None  # a multi-task head: the constraints need one
+  constraint: Tuple[str, ...] = ()  # like ('cvr_auc>=0.70',): repeatable, one --constraint each
+  dual_step: Optional[float] = None
 
   def flags(self) -> List[str]:
-    """The command-line flags of the options that are set."""
+    """The command-line flags of the options that are set; a repeatable option's flag once per value."""
     flags = []
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      if value is not None:
-        flags += [f'--{field.name.replace("_", "-")}', str(value)]
+      flag = f'--{field.name.replace("_", "-")}'
+      if isinstance(value, tuple):
+        flags += [part for item in value for part in (flag, str(item))]
+      elif value is not None:
+        flags += [flag, str(value)]
     return flags
+
+  def record(self) -> dict:
+    """The settings as a results file holds them (JSON: a tuple is a list), so a record read back compares
+    equal to the settings that trained it."""
+    return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,9 +239,11 @@ def prepared_data(dataset: Dataset, output_dir: str) -> str:
   if os.path.exists(path):  # prepare() renames a complete folder into place, so this one is complete
     return path
   if dataset.name == SYNTHETIC:
-    spec = synthetic.FEATURE_SPEC
+    value = dataset.label == revenue.VALUE_LABEL
+    spec = revenue.VALUE_SPEC if value else synthetic.FEATURE_SPEC
     with tempfile.TemporaryDirectory() as raw_dir:
-      source = synthetic.write_csv(synthetic.generate(dataset.rows, seed=0), raw_dir)
+      frame = synthetic.generate(dataset.rows, seed=0, revenue=value)
+      source = synthetic.write_csv(revenue.value_frame(frame)[spec.raw_columns] if value else frame, raw_dir)
       prepare('csv', source, path, domain_column=spec.domain, label_columns=spec.label_columns,
               categorical=spec.categorical, numeric=spec.numeric, user_column=spec.user)
   else:
@@ -315,14 +343,14 @@ def cell_identity(cell: Cell, training: Training) -> dict:
   """The fields that tell whether a record answers this cell: same cell, same data, same training."""
   return {'cell': cell.key, 'dataset': cell.dataset.key, 'data': cell.dataset.folder, 'backbone': cell.backbone,
           'seed': cell.seed, 'methods_run': list(cell.methods),
-          'training': dataclasses.asdict(training)}
+          'training': training.record()}
 
 
 def is_record_of(record: dict, cell: Cell, training: Training) -> bool:
   """Whether `record` holds the results of `cell` trained with `training`."""
   identity = cell_identity(cell, training)
   # A record written before a Training field existed was trained with that field's default (None).
-  record = {**record, 'training': {**dataclasses.asdict(Training()), **record.get('training', {})}}
+  record = {**record, 'training': {**Training().record(), **record.get('training', {})}}
   return all(record.get(field) == value for field, value in identity.items())
 
 
@@ -442,12 +470,14 @@ def _number(value: Optional[float], spec: str = '.4f') -> str:
   return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def _plus_minus(figure: Optional[dict], spec: str = '.4f') -> str:
-  """'mean ± 95% half-width' of a `mean_std` figure; the mean alone for one seed."""
+def plus_minus(figure: Optional[dict], spec: str = '.4f', with_p: bool = False) -> str:
+  """'mean ± 95% half-width' of a `mean_std` figure; the mean alone for one seed. `with_p`: a `paired_change`'s
+  t-test p-value after it, when it has one."""
   if not figure:
     return '-'
-  half_width = figure.get('half_width')
-  return _number(figure['mean'], spec) + ('' if half_width is None else f' ± {half_width:.4f}')
+  half_width, p_value = figure.get('half_width'), figure.get('p_value') if with_p else None
+  return (_number(figure['mean'], spec) + ('' if half_width is None else f' ± {half_width:.4f}')
+          + ('' if p_value is None else f' (p {p_value:.2g})'))
 
 
 def wauc_table(table: dict) -> List[str]:
@@ -463,7 +493,7 @@ def wauc_table(table: dict) -> List[str]:
       if row is None:
         cells.append('-')
         continue
-      change = f' ({_plus_minus(row["wauc_change"], "+.4f")})' if base and row['wauc_change'] else ''
+      change = f' ({plus_minus(row["wauc_change"], "+.4f")})' if base and row['wauc_change'] else ''
       cells.append(_number(row['wauc']['mean']) + change)
     lines.append(f'| {backbone} | ' + ' | '.join(cells) + ' |')
   return lines
@@ -486,8 +516,8 @@ def format_markdown(summary: dict) -> str:
     lines = [f'## {dataset}', '', 'WAUC (change against base):', '', *wauc_table(table), '',
              '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for row in table['rows']:
-      cells = [row['backbone'], row['label'], str(len(row['seeds'])), _plus_minus(row['wauc']),
-               _plus_minus(row['wauc_change'], '+.4f'), _number(row['auc']['mean']),
+      cells = [row['backbone'], row['label'], str(len(row['seeds'])), plus_minus(row['wauc']),
+               plus_minus(row['wauc_change'], '+.4f'), _number(row['auc']['mean']),
                _number(row.get('gauc', {}).get('mean')), _number(row['logloss']['mean'])]
       cells += [_number(row['domains'][d]['auc']['mean']) if d in row['domains'] else '-' for d in domains]
       cells += [f'{row["parameters"]:,}', f'{row["adapter_parameters_per_domain"]:,}',
@@ -584,7 +614,7 @@ def run_grid(cells: Sequence[Cell], training: Training, output_dir: str,
     print(f'{progress} done in {record["wall_seconds"]:.0f} s, WAUC {waucs}', flush=True)
 
   summary = summarize([finished[cell] for cell in cells if cell in finished])
-  summary['training'] = dataclasses.asdict(training)
+  summary['training'] = training.record()
   summary['failed'] = failed
   write_summary(summary, output_dir)
   return summary

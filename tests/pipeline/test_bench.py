@@ -148,6 +148,59 @@ def test_a_record_from_before_a_training_field_counts_as_its_default():
       '--loss', 'ranknet', '--rank-weight', '0.5']
 
 
+def test_head_and_constraints_reach_the_cells_run_one_flag_per_constraint():
+  training = dataclasses.replace(TRAINING, head='shared_bottom', constraint=('cvr_auc>=0.7', 'cvr_loss<=0.3'),
+                                 dual_step=5.0)
+  assert training.flags()[-8:] == ['--head', 'shared_bottom', '--constraint', 'cvr_auc>=0.7',
+                                   '--constraint', 'cvr_loss<=0.3', '--dual-step', '5.0']
+  assert '--constraint' not in TRAINING.flags()  # () keeps the pipeline's default: none
+  parsed = tfx_runner.build_parser().parse_args(['run', '--output-dir', 'out', *training.flags()])
+  assert (parsed.head, parsed.constraint, parsed.dual_step) == ('shared_bottom', ['cvr_auc>=0.7', 'cvr_loss<=0.3'], 5.0)
+
+
+def test_a_record_with_constraints_read_back_is_the_same_training():
+  """A results file holds the constraints as a JSON list: read back, the record still answers its cell, and
+  only its cell's training."""
+  cell = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0])[0]
+  training = dataclasses.replace(TRAINING, head='esmm', constraint=('ctcvr_auc>=0.7',))
+  record = json.loads(json.dumps(_record(cell, 0.7, 0.72, training)))
+  assert record['training']['constraint'] == ['ctcvr_auc>=0.7']
+  assert bench.is_record_of(record, cell, training)
+  assert not bench.is_record_of(record, cell, dataclasses.replace(training, constraint=('ctcvr_auc>=0.8',)))
+  assert not bench.is_record_of(record, cell, TRAINING)
+  older = json.loads(json.dumps(_record(cell, 0.7, 0.72)))
+  for field in ('head', 'constraint', 'dual_step'):
+    del older['training'][field]
+  assert bench.is_record_of(older, cell, TRAINING)
+
+
+def _bench_arguments(monkeypatch, *flags):
+  """(cells, training) that `tfx_runner.py bench FLAGS` hands to the grid, which does not run."""
+  handed = {}
+
+  def fake_grid(cells, training, output_dir):
+    handed.update(cells=cells, training=training)
+    return {'datasets': {}, 'cells': 0, 'cells_wall_seconds': 0.0, 'failed': []}
+
+  monkeypatch.setattr(bench, 'run_grid', fake_grid)
+  assert tfx_runner.main(['bench', '--output-dir', 'out', '--backbones', 'mlp', '--seeds', '0', *flags]) == 0
+  return handed['cells'], handed['training']
+
+
+def test_bench_command_parses_the_head_constraints_and_label(monkeypatch):
+  cells, training = _bench_arguments(monkeypatch, '--datasets', 'synthetic', '--rows', '500', '--head', 'mmoe',
+                                     '--constraint', 'cvr_auc>=0.7', '--constraint', 'ctr_loss<=0.4',
+                                     '--dual-step', '2', '--label', 'value')
+  assert (training.head, training.constraint, training.dual_step) == ('mmoe', ('cvr_auc>=0.7', 'ctr_loss<=0.4'), 2.0)
+  assert cells[0].dataset == bench.Dataset('synthetic', rows=500, label='value')
+  _, training = _bench_arguments(monkeypatch, '--datasets', 'synthetic')
+  assert (training.head, training.constraint, training.dual_step) == (None, (), None)
+  with pytest.raises(SystemExit, match='set --head'):
+    _bench_arguments(monkeypatch, '--datasets', 'synthetic', '--constraint', 'cvr_auc>=0.7')
+  with pytest.raises(SystemExit, match='no revenue'):
+    _bench_arguments(monkeypatch, '--datasets', 'movielens', '--label', 'value')
+
+
 def test_one_pipeline_run_per_cell_with_the_other_methods_as_challengers():
   methods = ('base', 'mlora', 'star', 'star_e2e', 'separate', 'no_adapter')
   cells = bench.build_grid([MOVIELENS_GENDER], ['mlp'], [0, 1], methods)
@@ -183,8 +236,20 @@ def test_dataset_names():
   for text in ('movielens:zip', 'criteo', 'synthetic:x', 'ciao:x', 'ciao'):
     with pytest.raises(ValueError):
       bench.Dataset.parse(text, 'ml', 100)
+  value = bench.Dataset.parse('synthetic', 'ml', 3000, label='value')
+  assert (value.key, value.folder) == ('synthetic-value', 'synthetic-value-3000')  # apart from the click data
+  for text, label in (('movielens', 'value'), ('synthetic', 'revenue')):
+    with pytest.raises(ValueError):
+      bench.Dataset.parse(text, 'ml', 100, label=label)
   with pytest.raises(ValueError, match='transformer'):
     bench.build_grid([synthetic], ['mlp', 'transformer'], [0])
+
+
+def test_value_label_data_is_prepared_with_the_value_label(tmp_path):
+  data_path = bench.prepared_data(bench.Dataset('synthetic', rows=500, label='value'), str(tmp_path))
+  spec = bench.FeatureSpec.load(data_path)
+  assert (spec.label, spec.extra_labels) == ('value', ['click', 'conversion'])
+  assert set(np.unique(bench.load_test_split(data_path).labels)) == {0, 1}
 
 
 def test_test_split_becomes_typed_serving_examples(tmp_path):
