@@ -48,6 +48,7 @@ from models.features import DOMAIN_INDEX  # noqa: E402
 from models.multitask import BALANCINGS, SURGERIES  # noqa: E402
 from models.preprocessing import vocabulary_sizes  # noqa: E402
 from models.trainer import epoch_plan, input_fn  # noqa: E402
+from pipeline import bench  # noqa: E402
 from pipeline.bench import mean_std, paired_change  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 
@@ -180,19 +181,6 @@ def summarize(records: List[dict]) -> List[dict]:
   return rows
 
 
-def _number(value: Optional[float], digits: int = 4, sign: str = '') -> str:
-  """'-' for a figure that could not be computed (a domain without positives)."""
-  return '-' if value is None or np.isnan(value) else f'{value:{sign}.{digits}f}'
-
-
-def _interval(figure: Optional[dict], digits: int = 4, sign: str = '') -> str:
-  """'mean ±half-width' of a `mean_std` (the mean alone for one seed); '' without a figure."""
-  if figure is None:
-    return ''
-  text = _number(figure['mean'], digits, sign)
-  return text if figure['half_width'] is None or text == '-' else f'{text} ±{figure["half_width"]:.{digits}f}'
-
-
 def _p(change: Optional[dict]) -> str:
   """The paired t-test's p; '' without one (a single seed, no baseline)."""
   if change is None or change['p_value'] is None:
@@ -221,10 +209,10 @@ def format_markdown(results: dict) -> str:
       for row in group:
         if column in row['scores']:
           auc, logloss = row['scores'][column]['all']['auc'], row['scores'][column]['all']['logloss']
-          lines.append(f'| {column} | {row["surgery"]} | {_interval(auc)} | {_interval(auc["change"], sign="+")} | '
-                       f'{_p(auc["change"])} | {_interval(logloss)} | {_interval(logloss["change"], sign="+")} | '
-                       f'{_p(logloss["change"])} |')
-    lines += [f'\nGradVac target cosine {pair}: {_interval(figure, 3)}' for row in group if row['cosines']
+          lines.append(f'| {column} | {row["surgery"]} | ' + ' | '.join(
+              f'{bench.plus_minus(figure)} | {bench.plus_minus(figure["change"], "+.4f")} | {_p(figure["change"])}'
+              for figure in (auc, logloss)) + ' |')
+    lines += [f'\nGradVac target cosine {pair}: {bench.plus_minus(figure, ".3f")}' for row in group if row['cosines']
               for pair, figure in row['cosines'].items()]
     lines += ['', f'AUC per domain (change against `{NO_SURGERY}` ±its paired 95% interval):', '',
               '| task | surgery | ' + ' | '.join(SPEC.domains) + ' |', '|---|---|' + '---|' * len(SPEC.domains)]
@@ -233,8 +221,8 @@ def format_markdown(results: dict) -> str:
         cells = []
         for domain in SPEC.domains:
           auc = row['scores'][column][domain]['auc']
-          mean = _number(auc['mean'])
-          cells.append(f'{mean} ({_interval(auc["change"], sign="+")})' if auc['change'] and mean != '-' else mean)
+          mean = bench.number(auc['mean'])
+          cells.append(f'{mean} ({bench.plus_minus(auc["change"], "+.4f")})' if auc['change'] and mean != '-' else mean)
         lines.append(f'| {column} | {row["surgery"]} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 

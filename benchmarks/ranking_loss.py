@@ -86,14 +86,6 @@ def summarize(results) -> dict:
   return summary
 
 
-def _change(figure) -> str:
-  """'±change (p)' of a paired change, '-' for the baseline itself."""
-  if not figure:
-    return '-'
-  p_value = figure.get('p_value')
-  return bench._plus_minus(figure, '+.4f') + ('' if p_value is None else f' (p={p_value:.3f})')
-
-
 def format_markdown(results_file: dict) -> str:
   """The results file's ({'command', 'results'}) tables, per dataset: a row per loss (test WAUC, log loss and
   calibration, mean ± 95% interval over seeds, and the paired change against log loss with its t-test p),
@@ -106,18 +98,19 @@ def format_markdown(results_file: dict) -> str:
              '| loss | WAUC | change vs log loss | log loss | change vs log loss | calibration |',
              '|---|---|---|---|---|---|']
     for loss, row in table['losses'].items():
-      lines.append(f'| {loss} | {bench._plus_minus(row["wauc"])} | {_change(row.get("wauc_change"))} | '
-                   f'{bench._plus_minus(row["logloss"])} | {_change(row.get("logloss_change"))} | '
-                   f'{bench._plus_minus(row["calibration"], ".3f")} |')
+      changes = [bench.plus_minus(row.get(f'{m}_change'), '+.4f', with_p=True) for m in ('wauc', 'logloss')]
+      lines.append(f'| {loss} | {bench.plus_minus(row["wauc"])} | {changes[0]} | {bench.plus_minus(row["logloss"])} | '
+                   f'{changes[1]} | {bench.plus_minus(row["calibration"], ".3f")} |')
     lines += ['', '| domain | test rows | click rate | ' + ' | '.join(f'AUC {loss}' for loss in losses) + ' | ' +
               ' | '.join(f'log loss {loss}' for loss in losses) + ' |', '|---|---|---|' + '---|' * (2 * len(losses))]
     for domain in table['domains']:
       cells = [table['losses'][loss]['domains'][domain] for loss in losses]
-      aucs = [bench._number(c['auc']['mean']) + (f' ({_change(c["auc_change"])})' if c.get('auc_change') else '')
+      aucs = [bench.number(c['auc']['mean']) + (f' ({bench.plus_minus(c["auc_change"], "+.4f", with_p=True)})'
+                                                      if c.get('auc_change') else '')
               for c in cells]
       first = cells[0]
       lines.append(f'| {domain} | {first["count"]} | {first["rate"]:.3f} | ' + ' | '.join(aucs) + ' | ' +
-                   ' | '.join(bench._number(c['logloss']['mean']) for c in cells) + ' |')
+                   ' | '.join(bench.number(c['logloss']['mean']) for c in cells) + ' |')
     sections.append('\n'.join(lines))
   return '\n\n'.join(sections + [f'Command: `{results_file["command"]}`'])
 

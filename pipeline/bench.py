@@ -465,7 +465,7 @@ def summarize(records: Sequence[dict]) -> dict:
           'cells_wall_seconds': float(sum(r['wall_seconds'] for r in records))}
 
 
-def _number(value: Optional[float], spec: str = '.4f') -> str:
+def number(value: Optional[float], spec: str = '.4f') -> str:
   """The value formatted by `spec`; '-' when it is missing or nan."""
   return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
@@ -476,7 +476,7 @@ def plus_minus(figure: Optional[dict], spec: str = '.4f', with_p: bool = False) 
   if not figure:
     return '-'
   half_width, p_value = figure.get('half_width'), figure.get('p_value') if with_p else None
-  return (_number(figure['mean'], spec) + ('' if half_width is None else f' ± {half_width:.4f}')
+  return (number(figure['mean'], spec) + ('' if half_width is None else f' ± {half_width:.4f}')
           + ('' if p_value is None else f' (p {p_value:.2g})'))
 
 
@@ -494,7 +494,7 @@ def wauc_table(table: dict) -> List[str]:
         cells.append('-')
         continue
       change = f' ({plus_minus(row["wauc_change"], "+.4f")})' if base and row['wauc_change'] else ''
-      cells.append(_number(row['wauc']['mean']) + change)
+      cells.append(number(row['wauc']['mean']) + change)
     lines.append(f'| {backbone} | ' + ' | '.join(cells) + ' |')
   return lines
 
@@ -517,14 +517,14 @@ def format_markdown(summary: dict) -> str:
              '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for row in table['rows']:
       cells = [row['backbone'], row['label'], str(len(row['seeds'])), plus_minus(row['wauc']),
-               plus_minus(row['wauc_change'], '+.4f'), _number(row['auc']['mean']),
-               _number(row.get('gauc', {}).get('mean')), _number(row['logloss']['mean'])]
-      cells += [_number(row['domains'][d]['auc']['mean']) if d in row['domains'] else '-' for d in domains]
+               plus_minus(row['wauc_change'], '+.4f'), number(row['auc']['mean']),
+               number(row.get('gauc', {}).get('mean')), number(row['logloss']['mean'])]
+      cells += [number(row['domains'][d]['auc']['mean']) if d in row['domains'] else '-' for d in domains]
       cells += [f'{row["parameters"]:,}', f'{row["adapter_parameters_per_domain"]:,}',
                 f'{row["examples_per_second"]:,.0f}',
                 ','.join('-' if epoch is None else str(epoch) for epoch in row['kept_epochs']),
                 f'{row["cell_wall_seconds"]:.0f}',
-                _number(row['wauc_p_value'], '.3g')]
+                number(row['wauc_p_value'], '.3g')]
       lines.append('| ' + ' | '.join(cells) + ' |')
     sections.append('\n'.join(lines))
   return '\n\n'.join(sections) + '\n'

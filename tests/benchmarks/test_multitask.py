@@ -72,12 +72,12 @@ def test_the_markdown_has_a_table_per_head_with_changes_p_log_loss_cosines_and_d
   assert '### esmm, fixed balancing, pretrained: test split, seeds 0,1' in text
   assert '### mmoe, fixed balancing, pretrained: test split, seeds 0' in text
   assert '| task | surgery | AUC | AUC change | p | log loss | log loss change | p |' in text
-  assert '| ctr | none | 0.7500 ±0.6353 |  |  | 0.5000 ±0.0000 |  |  |' in text
+  assert '| ctr | none | 0.7500 ± 0.6353 | - |  | 0.5000 ± 0.0000 | - |  |' in text
   # AUC changes 0.01, 0.02: mean 0.015, half-width 0.0071 * t(0.975, 1) / sqrt(2) = 0.0635, p 0.205; log loss
   # changes -0.05, -0.06: p 0.058
-  assert ('| ctcvr | gradvac | 0.7650 ±0.6988 | +0.0150 ±0.0635 | 0.205 | 0.4450 ±0.0635 | -0.0550 ±0.0635 | '
+  assert ('| ctcvr | gradvac | 0.7650 ± 0.6988 | +0.0150 ± 0.0635 | 0.205 | 0.4450 ± 0.0635 | -0.0550 ± 0.0635 | '
           '0.058 |') in text
-  assert 'GradVac target cosine ctr/ctcvr: 0.250 ±0.635' in text
+  assert 'GradVac target cosine ctr/ctcvr: 0.250 ± 0.6353' in text
   assert '| task | surgery | ' + ' | '.join(DOMAINS) + ' |' in text
-  assert '| cvr | gradvac | 0.7650 (+0.0150 ±0.0635) | ' in text
-  assert '| 0.7650 (+0.0150 ±0.0635) | - |' in text  # no AUC in the last domain, and so no change
+  assert '| cvr | gradvac | 0.7650 (+0.0150 ± 0.0635) | ' in text
+  assert '| 0.7650 (+0.0150 ± 0.0635) | - |' in text  # no AUC in the last domain, and so no change
