@@ -8,7 +8,9 @@ numeric columns are z-scored with the train split's mean and std. The concatenat
 dropout after each layer and a sigmoid output, trained with Adam (lr 1e-3, batch 1024) and stopped early on the
 eval split's AUC (patience 2, the best epoch's weights restored). The default tower, 200-80 (DIN's), is
 smaller than the pipeline's 256-128-64: a few 8-d embeddings make an input of well under 100 values, and on
-tens of thousands of rows a smaller tower overfits less. Choose settings by the eval WAUC, never the test's.
+tens of thousands of rows a smaller tower overfits less. Choose settings by the eval WAUC, never the test's: on
+ML-100K (gender) and Ciao, seeds 0 and 1, dropout 0.3, 16-d embeddings and min-count 1 or 5 each moved the eval
+WAUC by at most 0.0025 from these defaults' (less than the seeds' spread), and none gained on both.
 
     nice -n 19 .venv/bin/python benchmarks/keras_reference.py --data DIR [--seeds 0,1,2] [--embedding-dim 8] \
         [--hidden 200,80] [--dropout 0.5] [--min-count 2] [--epochs 20] [--json FILE]

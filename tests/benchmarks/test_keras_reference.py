@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 from benchmarks import keras_reference
 from data import synthetic
@@ -63,7 +64,16 @@ def test_the_input_has_each_feature_column_and_the_domain(folder):
   assert features['domain'].min() >= 1  # every domain is in the train split's vocabulary
 
 
-def test_one_epoch_gives_finite_figures_for_every_domain(folder):
+@pytest.fixture
+def eagerly():
+  """Keras steps run eagerly: autograph's first trace of fit's step takes ~20 s of a 1-step run."""
+  tf.config.run_functions_eagerly(True)
+  yield
+  tf.config.run_functions_eagerly(False)
+
+
+@pytest.mark.filterwarnings('ignore:Even though the `tf.config.experimental_run_functions_eagerly`')
+def test_one_epoch_gives_finite_figures_for_every_domain(folder, eagerly):
   settings = keras_reference.Settings(hidden=(8,), epochs=1)
   [record] = keras_reference.run(folder, settings, seeds=[0])
   assert (record['best_epoch'], record['epochs']) == (1, 1) and record['examples_per_second'] > 0
