@@ -35,7 +35,7 @@ def test_the_markdown_has_a_row_per_loss_and_a_row_per_domain():
   assert '**rare**, test split, seeds [0, 1, 2]:' in text
   assert text.count('\n| logloss | 0.7100 ± ') == 1
   assert '| ranknet+logloss | 0.7200 ± ' in text
-  assert '| rare | 100 | 0.005 | 0.6000 | 0.7000 (+0.1000 ± 0.0000 (p ' in text
+  assert '| rare | 100 | 0.005 | 0.6000 | 0.7000 (+0.1000 ± 0.0248 (p 0.0033)) | 0.0500 | 0.0500 |' in text
   assert text.endswith('Command: `benchmarks/ranking_loss.py --datasets rare`')
 
 
