@@ -143,26 +143,13 @@ def cached_transform(key: str, transform_config: dict, examples: dict, work_dir:
   return transform_dir, in_process.InMemoryAccessor(files)
 
 
-def parse_setting(text: str):
-  key, _, value = text.partition('=')
-  try:
-    return key, json.loads(value)
-  except json.JSONDecodeError:
-    return key, value
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rows', type=int, default=synthetic.DEFAULT_ROWS)
-  parser.add_argument('--seeds', type=lambda t: [int(s) for s in t.split(',')], default=[0, 1],
-                      help='training seeds (the data is always generate(ROWS, seed=0)); default 0,1')
   parser.add_argument('--variants', type=lambda t: t.split(','), default=list(VARIANTS),
                       help=f'some of {", ".join(VARIANTS)} (default: all)')
-  parser.add_argument('--set', type=parse_setting, action='append', default=[], metavar='KEY=VALUE',
-                      help='a PipelineConfig field for every variant (VALUE read as JSON when it parses)')
-  parser.add_argument('--work-dir', default='/tmp/calibration',
-                      help='transform graphs (reused by later runs) and models (default %(default)s)')
-  parser.add_argument('--json', help='also write every figure to this file')
+  in_process.add_run_options(parser, '/tmp/calibration', seeds=(0, 1),
+                             seeds_note=' (the data is always generate(ROWS, seed=0))')
   parser.add_argument('--verbose', action='store_true', help='log the Trainers\' epochs')
   args = parser.parse_args(argv)
   unknown = sorted(set(args.variants) - set(VARIANTS))

@@ -187,18 +187,13 @@ def train(model: str, seed: int, args, accessor, transform_dir: str, bound=None)
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rows', type=int, default=synthetic.DEFAULT_ROWS)
-  parser.add_argument('--seeds', type=lambda t: [int(s) for s in t.split(',')], default=[0, 1, 2],
-                      help='training seeds (the data is always generate(ROWS, seed=0)); default 0,1,2')
   parser.add_argument('--bound', type=float,
                       help='the CVR AUC floor (default: midway between the weighted and the balanced model\'s eval '
                            'CVR AUC)')
   parser.add_argument('--cvr-weight', type=float, default=CVR_WEIGHT,
                       help='the cvr task\'s loss weight of the weighted and the constrained model (default %(default)s)')
-  parser.add_argument('--set', type=calibration.parse_setting, action='append', default=[], metavar='KEY=VALUE',
-                      help='a PipelineConfig field for every model (VALUE read as JSON when it parses)')
-  parser.add_argument('--work-dir', default='/tmp/constrained_objective',
-                      help='the transform graph (reused by later runs) and models (default %(default)s)')
-  parser.add_argument('--json', help='also write every figure to this file')
+  in_process.add_run_options(parser, '/tmp/constrained_objective',
+                             seeds_note=' (the data is always generate(ROWS, seed=0))')
   args = parser.parse_args(argv)
 
   frames = calibration.split(synthetic.generate(args.rows, seed=0))

@@ -2,6 +2,8 @@
 CsvExampleGen writes them, the project's `preprocessing_fn` analyzed by tf.Transform on Beam in memory (the
 Transform component's graph), rows through that graph (its transformed examples), and a DataAccessor over
 transformed columns held in memory that the Trainer's own `input_fn` reads."""
+import argparse
+import json
 import os
 from typing import Dict, List, Sequence
 
@@ -81,3 +83,27 @@ class InMemoryAccessor:
     if options.shuffle:
       dataset = dataset.shuffle(100_000, seed=options.shuffle_seed)
     return dataset.repeat(options.num_epochs).batch(options.batch_size)
+
+
+def parse_setting(text: str):
+  """'KEY=VALUE' -> (KEY, VALUE read as JSON when it parses, else the text)."""
+  key, _, value = text.partition('=')
+  try:
+    return key, json.loads(value)
+  except json.JSONDecodeError:
+    return key, value
+
+
+def add_run_options(parser: argparse.ArgumentParser, work_dir: str, seeds: Sequence[int] = (0, 1, 2),
+                    seeds_note: str = '') -> None:
+  """The options every in-process benchmark takes: --seeds (training seeds; `seeds_note` says what they leave
+  fixed), --set KEY=VALUE (a PipelineConfig field for every model), --work-dir (transform graphs, reused by
+  later runs, and models) and --json (a file for every figure)."""
+  default = ','.join(map(str, seeds))
+  parser.add_argument('--seeds', type=lambda t: [int(s) for s in t.split(',')], default=list(seeds),
+                      help=f'training seeds{seeds_note}; default {default}')
+  parser.add_argument('--set', type=parse_setting, action='append', default=[], metavar='KEY=VALUE',
+                      help='a PipelineConfig field for every model (VALUE read as JSON when it parses)')
+  parser.add_argument('--work-dir', default=work_dir,
+                      help='transform graphs (reused by later runs) and models (default %(default)s)')
+  parser.add_argument('--json', help='also write every figure to this file')

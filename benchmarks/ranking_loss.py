@@ -129,15 +129,10 @@ def main(argv=None):
                       help=f'some of {",".join(DATASETS)} (default: all)')
   parser.add_argument('--losses', type=lambda t: t.split(','), default=list(LOSSES),
                       help=f'some of {",".join(LOSSES)} (default: all; {LOGLOSS} is the baseline)')
-  parser.add_argument('--seeds', type=lambda t: [int(s) for s in t.split(',')], default=[0, 1, 2])
   parser.add_argument('--rows', type=int, default=synthetic.DEFAULT_ROWS, help='rows of the `rare` data')
   parser.add_argument('--movielens-source', default=SOURCES['movielens'])
   parser.add_argument('--ciao-source', default=SOURCES['ciao'])
-  parser.add_argument('--set', type=calibration.parse_setting, action='append', default=[], metavar='KEY=VALUE',
-                      help='a PipelineConfig field for every model (VALUE read as JSON when it parses)')
-  parser.add_argument('--work-dir', default='/tmp/ranking_loss',
-                      help='transform graphs (reused by later runs) and models (default %(default)s)')
-  parser.add_argument('--json', help='also write every figure to this file')
+  in_process.add_run_options(parser, '/tmp/ranking_loss', seeds_note=' (the data and its split stay fixed)')
   args = parser.parse_args(argv)
   for name, chosen, allowed in (('datasets', args.datasets, DATASETS), ('losses', args.losses, LOSSES)):
     if set(chosen) - set(allowed):

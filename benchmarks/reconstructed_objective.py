@@ -117,15 +117,10 @@ def format_markdown(results: dict) -> str:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rows', type=int, default=synthetic.DEFAULT_ROWS)
-  parser.add_argument('--seeds', type=lambda t: [int(s) for s in t.split(',')], default=[0, 1, 2],
-                      help='training seeds (the data is always generate(ROWS, seed=0, revenue=True)); default 0,1,2')
   parser.add_argument('--k', type=lambda t: [int(s) for s in t.split(',')], default=[10, 50],
                       help='top-k sizes per domain (default 10,50)')
-  parser.add_argument('--set', type=calibration.parse_setting, action='append', default=[], metavar='KEY=VALUE',
-                      help='a PipelineConfig field for both models (VALUE read as JSON when it parses)')
-  parser.add_argument('--work-dir', default='/tmp/reconstructed_objective',
-                      help='the transform graph (reused by later runs) and models (default %(default)s)')
-  parser.add_argument('--json', help='also write every figure to this file')
+  in_process.add_run_options(parser, '/tmp/reconstructed_objective',
+                             seeds_note=' (the data is always generate(ROWS, seed=0, revenue=True))')
   args = parser.parse_args(argv)
 
   frame = synthetic.generate(args.rows, seed=0, revenue=True)
