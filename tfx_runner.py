@@ -73,6 +73,13 @@ def _positive(kind):
   return parse
 
 
+def _non_negative(text):
+  value = float(text)
+  if value < 0:
+    raise argparse.ArgumentTypeError(f'must be 0 or more, got {text}')
+  return value
+
+
 BEAM_RUNNER_HELP = ('Beam runner for the Beam components, with its arguments (pipeline/config.py BEAM_RUNNER_ARGS): '
                     'direct (in memory), direct-multiprocess (a worker per CPU), dataflow, flink, spark; further '
                     '--beam-arg values follow them. Default: --beam-arg values alone, else direct')
@@ -103,6 +110,11 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                       help=f'Adam learning rate of the pretrain stage (default {defaults["pretrain_learning_rate"]})')
   parser.add_argument('--finetune-learning-rate', type=_positive(float), default=None,
                       help=f'Adam learning rate of the fine-tune stage (default {defaults["finetune_learning_rate"]})')
+  parser.add_argument('--finetune-embedding-learning-rate', type=_non_negative, default=None,
+                      help='the fine-tune stage\'s learning rate of the embedding tables: 0 freezes them (default: the '
+                           'stage\'s own rate)')
+  parser.add_argument('--finetune-freeze-domain-embedding', action='store_true', default=None,
+                      help='the fine-tune stage keeps the domain\'s embedding as pretrained')
   parser.add_argument('--loss', choices=LOSSES, default=None,
                       help='click model training loss: logloss; ranknet, the pairwise loss -log sigmoid(s+ - s-) over '
                            'the positive/negative pairs of each batch within the same domain (the served probability '
@@ -574,6 +586,8 @@ def config_from_args(args):
       'pretrain_steps': args.pretrain_steps, 'finetune_steps': args.finetune_steps, 'eval_steps': args.eval_steps,
       'batch_size': args.batch_size, 'pretrain_learning_rate': args.pretrain_learning_rate,
       'finetune_learning_rate': args.finetune_learning_rate, 'alpha': args.alpha, 'backbone': args.backbone,
+      'finetune_embedding_learning_rate': args.finetune_embedding_learning_rate,
+      'finetune_freeze_domain_embedding': args.finetune_freeze_domain_embedding,
       'hidden_units': args.hidden_units, 'embedding_dim': args.embedding_dim,
       'adaptation': args.adaptation, 'pretrain_adaptation': args.pretrain_adaptation,
       'min_domain_auc': args.min_domain_auc, 'auc_tolerance': args.auc_tolerance,

@@ -37,6 +37,7 @@ from models import warm_start  # noqa: E402
 from models.features import DOMAIN_INDEX, FeatureSpec  # noqa: E402
 from models.layers.calibration import fit_domain_calibration  # noqa: E402
 from models.multitask import MultiTaskModel  # noqa: E402
+from models.optimizers import LayerRateAdam  # noqa: E402
 from models.preprocessing import vocabulary_sizes  # noqa: E402
 from serving import signatures  # noqa: E402
 
@@ -312,7 +313,7 @@ def training_model(model: tf_keras.Model, config: dict, steps_per_execution: int
   """`model`, or the model that trains its weights, compiled with the stage's Adam step: a multi-task model
   trains on its own task losses (its train step); a click model on log loss, or with `loss` ranknet or
   ranknet+logloss on `ranking.click_objective` (`ranking.RankingLossModel`, weighted by `rank_weight`)."""
-  optimizer = tf_keras.optimizers.Adam(config['learning_rate'])
+  optimizer = stage_optimizer(model, config)
   if isinstance(model, MultiTaskModel):
     model.compile(optimizer=optimizer, steps_per_execution=steps_per_execution)
     return model
@@ -324,6 +325,21 @@ def training_model(model: tf_keras.Model, config: dict, steps_per_execution: int
   trained = ranking.RankingLossModel(model, model_lib.PREDICTION, loss, config.get('rank_weight', 1.0))
   trained.compile(optimizer=optimizer, steps_per_execution=steps_per_execution)
   return trained
+
+
+def stage_optimizer(model: tf_keras.Model, config: dict) -> tf_keras.optimizers.Optimizer:
+  """The stage's Adam step at `learning_rate`, after the fine-tune recipe's embedding settings: with
+  `freeze_domain_embedding` the domain's embedding row and first-order weight stay as pretrained;
+  `embedding_learning_rate` None (the default) trains the embedding tables at the stage's rate, 0 freezes
+  them, any other value is their own rate (`LayerRateAdam`): adapters learn fast on tables that move slowly."""
+  tables = [layer for layer in model.layers if isinstance(layer, tf_keras.layers.Embedding)]
+  rate = config.get('embedding_learning_rate')
+  for layer in tables:
+    if rate == 0 or (config.get('freeze_domain_embedding') and layer.name.endswith(DOMAIN_INDEX)):
+      layer.trainable = False
+  if rate is None or rate == 0 or rate == config['learning_rate']:
+    return tf_keras.optimizers.Adam(config['learning_rate'])
+  return LayerRateAdam(config['learning_rate'], rate, [layer.name for layer in tables if layer.trainable])
 
 
 def fit_calibration(model: tf_keras.Model, calibration, evaluation, spec: FeatureSpec, domains=None) -> None:

@@ -76,6 +76,11 @@ class PipelineConfig:
   eval_steps: int = 50
   pretrain_learning_rate: float = 1e-3
   finetune_learning_rate: float = 3e-3  # adapters start at B = 0 and have few weights: a larger step
+  # What else the fine-tune stage trains beside the adaptation's weights (the recipe; benchmarks/mlora_recipes.py
+  # compares them): the embedding tables at `finetune_embedding_learning_rate` (None: the stage's rate; 0: frozen,
+  # as the authors' MLoRA code has them), and the domain's embedding unless `finetune_freeze_domain_embedding`.
+  finetune_embedding_learning_rate: Optional[float] = None
+  finetune_freeze_domain_embedding: bool = False
   seed: int = 0
   # Regularization and trained fallbacks (issue 13; benchmarks/calibration.py measures them). `embedding_l2`:
   # L2 penalty on every embedding table, in both stages: the id embeddings (hashed users, item vocabulary)
@@ -183,6 +188,9 @@ class PipelineConfig:
                           self.head_options or self.constraints):
       raise ValueError('balancing, gradient_surgery, task_min_auc, head_options and constraints apply to a multi-task '
                        'model: set head.')
+    if self.finetune_embedding_learning_rate is not None and self.finetune_embedding_learning_rate < 0:
+      raise ValueError(f'finetune_embedding_learning_rate must be 0 (frozen) or more, or None (the fine-tune '
+                       f'stage\'s rate), got {self.finetune_embedding_learning_rate}.')
     self._check_loss()
     self._check_constraints()
     if self.onboard_domains and (self.adaptation != 'mlora' or self.head or self.transfer_source):
@@ -309,6 +317,10 @@ class PipelineConfig:
         'loss': self.loss,
         'rank_weight': self.rank_weight,
         'onboard_domains': list(self.onboard_domains) if stage == 'finetune' else [],
+        # Absent unless set, so that the Trainers' settings (and cache keys) stay as they were.
+        **({'embedding_learning_rate': self.finetune_embedding_learning_rate}
+           if stage == 'finetune' and self.finetune_embedding_learning_rate is not None else {}),
+        **({'freeze_domain_embedding': True} if stage == 'finetune' and self.finetune_freeze_domain_embedding else {}),
         **({'head': self.head, 'head_options': {**self.head_options, 'balancing': self.balancing,
                                                 'gradient_surgery': self.gradient_surgery,
                                                 'constraints': list(self.constraints),

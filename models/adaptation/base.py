@@ -1,7 +1,7 @@
 """The domain-adaptation interface every backbone is built through, and its neutral form.
 
-A backbone asks its `DomainAdaptation` for every dense layer (`dense`), passes each DNN hidden layer's
-output through `hidden`, and the model builder lets it rework the embedded features (`features`) and the
+A backbone asks its `DomainAdaptation` for every dense layer (`dense`; `hidden_dense` for a DNN hidden layer),
+passes each DNN hidden layer's output through `hidden`, and the model builder lets it rework the embedded features (`features`) and the
 final logit (`logit`). Backbones never know which method they carry: MLoRA, STAR, AdaSparse and PEPNet are
 subclasses that override some of these hooks.
 """
@@ -42,6 +42,11 @@ class DomainAdaptation:
     class's own arguments (the STAR backbone: `StarDense`, `star_domains`)."""
     layer = layer_class(units, activation=activation, freeze_base=self.freeze_base, name=name, **layer_kwargs)
     return lambda x: layer([x, self.domain_index])
+
+  def hidden_dense(self, units: int, activation, name: str):
+    """A DNN hidden layer (`models.backbones.mlp.dnn_hidden`), as `dense` gives it unless a method treats the
+    hidden layers apart from the backbone's other dense maps (MLoRA's `placement='hidden'`)."""
+    return self.dense(units, activation, name)
 
   def hidden(self, x, name: str):
     """Applied to the output of each DNN hidden layer `name` (after its activation)."""

@@ -16,7 +16,7 @@ def dnn_hidden(x, hidden_units: Sequence[int], adapt, prefix: str = 'dense'):
   (`dense_0`, `dense_1`, ...): the fine-tune stage finds the pretrained weights by them."""
   for i, units in enumerate(hidden_units):
     name = f'{prefix}_{i}'
-    x = adapt.hidden(adapt.dense(units, 'relu', name)(x), name)
+    x = adapt.hidden(adapt.hidden_dense(units, 'relu', name)(x), name)
   return x
 
 

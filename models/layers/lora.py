@@ -98,3 +98,33 @@ class DomainLoRADense(tf_keras.layers.Layer):
                   activation=tf_keras.activations.serialize(self.activation), freeze_base=self.freeze_base,
                   trainable_domains=self.trainable_domains)
     return config
+
+
+@tf_keras.utils.register_keras_serializable(package='mdctr')
+class DomainBias(tf_keras.layers.Layer):
+  """A trained bias per domain, added to the logit by MLoRA's `domain_bias` recipe:
+
+      logit_d = logit + c_d
+
+  `c_d` starts at zero (the model starts as its backbone); an unknown domain (an index outside
+  `[0, num_domains)`) gets none. Called on `domain_index` [batch] or [batch, 1]; returns [batch, 1].
+  """
+
+  def __init__(self, num_domains, **kwargs):
+    super().__init__(**kwargs)
+    self.num_domains = num_domains
+
+  def build(self, input_shape):
+    self.bias = self.add_weight('bias', shape=(self.num_domains, 1), initializer='zeros')
+    super().build(input_shape)
+
+  def call(self, domain_index):
+    one_hot = tf.one_hot(tf.reshape(tf.cast(domain_index, tf.int32), [-1]), self.num_domains, dtype=self.bias.dtype)
+    return tf.matmul(one_hot, self.bias)
+
+  @property
+  def adaptation_weights(self):
+    return [self.bias]
+
+  def get_config(self):
+    return {**super().get_config(), 'num_domains': self.num_domains}

@@ -222,3 +222,13 @@ def test_value_label_generates_its_own_data_spec_and_schema(tmp_path):
 def test_bad_loss_or_surgery_settings_name_the_field_and_the_fix(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
     _config(tmp_path, **overrides)
+
+
+def test_the_fine_tune_recipe_reaches_the_fine_tune_trainer_alone(tmp_path):
+  config = _config(tmp_path, finetune_embedding_learning_rate=0.0, finetune_freeze_domain_embedding=True)
+  assert config.trainer_config('finetune')['embedding_learning_rate'] == 0.0
+  assert config.trainer_config('finetune')['freeze_domain_embedding'] is True
+  assert 'embedding_learning_rate' not in config.trainer_config('pretrain')
+  assert 'embedding_learning_rate' not in _config(tmp_path).trainer_config('finetune')  # cache keys as they were
+  with pytest.raises(ValueError, match='finetune_embedding_learning_rate must be 0'):
+    _config(tmp_path, finetune_embedding_learning_rate=-1.0)

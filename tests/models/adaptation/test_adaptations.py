@@ -86,6 +86,29 @@ def test_mlora_adapts_every_star_and_plain_dense_layer(backbone):
   assert dense and all(l.num_domains == zoo.SPEC.num_domains and l.adaptation_weights for l in dense)
 
 
+@pytest.mark.parametrize('backbone', ['mlp', 'dcn'])
+def test_mlora_hidden_placement_adapts_the_dnn_hidden_layers_alone(backbone):
+  """The authors' recipe: adapters on the DNN hidden layers and a per-domain logit bias; DCN's cross layers and
+  the logit stay the backbone's. The model still starts as its pretrained backbone, and the fine-tune trains
+  the adapters and the bias."""
+  options = {**zoo.OPTIONS, 'placement': 'hidden', 'domain_bias': True}
+  model = zoo.build(backbone, 'mlora', freeze_backbone=True, options=options)
+  pretrained = zoo.pretrained(backbone)
+  model_lib.load_backbone_weights(model, pretrained)
+  np.testing.assert_allclose(model(zoo.PROBE).numpy(), pretrained(zoo.PROBE).numpy(), rtol=1e-6, atol=1e-7)
+  adapted = {l.name for l in model.layers if isinstance(l, DomainLoRADense) and l.num_domains}
+  assert adapted == {f'dense_{i}' for i in range(len(zoo.HIDDEN))}
+  assert {l.name for l in model.layers if isinstance(l, DomainLoRADense)} > adapted  # the logit, cross layers
+  added = {w.name for w in model_lib.adaptation_weights(model)}
+  assert 'mlora_domain_bias/bias:0' in added
+  assert added <= {w.name for w in model.trainable_weights}
+
+
+def test_mlora_rejects_an_unknown_placement():
+  with pytest.raises(ValueError, match="placement 'logit'"):
+    zoo.build('mlp', 'mlora', options={'placement': 'logit'})
+
+
 @pytest.mark.parametrize('backbone', BACKBONES)
 def test_no_domain_predictions_do_not_depend_on_the_domain(backbone):
   model = zoo.trained(backbone, 'no_domain').model

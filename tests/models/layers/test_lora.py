@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from models.layers.lora import DomainLoRADense, lora_rank
+from models.layers.lora import DomainBias, DomainLoRADense, lora_rank
 
 NUM_DOMAINS, D_IN = 3, 12
 
@@ -171,3 +171,17 @@ def test_trainable_domains_leave_the_other_adapters_bit_identical():
   assert not np.allclose(lora_a[:, 2 * r:], before[0][:, 2 * r:])
   assert not np.allclose(lora_b[2 * r:], before[1][2 * r:])
   assert DomainLoRADense.from_config(layer.get_config()).trainable_domains == [2]
+
+
+def test_domain_bias_starts_at_zero_and_adds_each_domains_own_bias():
+  layer = DomainBias(NUM_DOMAINS)
+  domains = tf.constant([0, 1, 2, 2, NUM_DOMAINS], tf.int64)  # the last: an unknown domain
+  np.testing.assert_array_equal(layer(domains).numpy(), np.zeros((5, 1)))
+  layer.bias.assign([[1.0], [2.0], [3.0]])
+  np.testing.assert_array_equal(layer(domains).numpy().ravel(), [1.0, 2.0, 3.0, 3.0, 0.0])
+  assert layer.adaptation_weights == [layer.bias]
+
+
+def test_domain_bias_config_round_trip():
+  layer = DomainBias.from_config(DomainBias(NUM_DOMAINS, name='bias').get_config())
+  assert (layer.num_domains, layer.name) == (NUM_DOMAINS, 'bias')
