@@ -82,13 +82,17 @@ class BestValidationWeights(tf_keras.callbacks.Callback):
   ends: a stage never exports a model that scores worse on validation than the one it started from (a
   fine-tune that only overfits leaves the pretrained model as it was), nor a late, overfitted epoch.
   `best_epoch` is 0 for the starting weights. With `constraints` (`models.constraints.Constraint`) weights
-  that meet them all on validation beat any that do not, whatever their AUC."""
+  that meet them all on validation beat any that do not, whatever their AUC. With `patience`, training stops
+  once that many epochs in a row have not beaten the best: on sparse data the best epoch comes early, and the
+  epochs after it only overfit."""
 
-  def __init__(self, validation, monitor: str = 'val_auc', constraints=(), steps: Optional[int] = None):
+  def __init__(self, validation, monitor: str = 'val_auc', constraints=(), steps: Optional[int] = None,
+               patience: Optional[int] = None):
     super().__init__()
     self.validation, self.monitor = validation, monitor  # `validation`: the same batches as fit's
     self.constraints = list(constraints)
     self.steps = steps  # as fit's validation_steps
+    self.patience = patience
 
   def _rank(self, logs, prefix):
     """(whether the constraints hold, the monitored AUC) of the logs: the larger, the better."""
@@ -108,6 +112,8 @@ class BestValidationWeights(tf_keras.callbacks.Callback):
     rank = self._rank(logs, 'val_')
     if rank > self.best_rank:
       self.best_rank, self.best_epoch, self.best_weights = rank, epoch + 1, self.model.get_weights()
+    elif self.patience and epoch + 1 - self.best_epoch >= self.patience:
+      self.model.stop_training = True
 
   def on_train_end(self, logs=None):
     _LOG.info('keeping the weights of epoch %d (0: the starting weights): %s=%.4f', self.best_epoch, self.monitor,
@@ -276,7 +282,8 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   validation = evaluation.repeat() if parameter_server else evaluation
   lagrangian = model.lagrangian if multitask and model.lagrangian.constraints else None
   best = BestValidationWeights(validation, monitor=f'val_{model_lib.PREDICTION}_auc' if multitask else 'val_auc',
-                               constraints=lagrangian.constraints if lagrangian else (), steps=validation_steps)
+                               constraints=lagrangian.constraints if lagrangian else (), steps=validation_steps,
+                               patience=config.get('early_stopping_patience'))
   dual = [constraints.DualAscent(lagrangian)] if lagrangian else []
   trained.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
               validation_steps=validation_steps, callbacks=[throughput, best] + dual, verbose=0)

@@ -74,6 +74,9 @@ class PipelineConfig:
   pretrain_steps: int = 1600
   finetune_steps: int = 300
   eval_steps: int = 50
+  # Each stage trains in EPOCHS (models/trainer.py) chunks, validated after each; with a patience, a stage stops
+  # once that many chunks in a row have not beaten its best (the best chunk's weights are kept either way).
+  early_stopping_patience: Optional[int] = None
   pretrain_learning_rate: float = 1e-3
   finetune_learning_rate: float = 3e-3  # adapters start at B = 0 and have few weights: a larger step
   # What else the fine-tune stage trains beside the adaptation's weights (the recipe; benchmarks/mlora_recipes.py
@@ -318,6 +321,7 @@ class PipelineConfig:
         'rank_weight': self.rank_weight,
         'onboard_domains': list(self.onboard_domains) if stage == 'finetune' else [],
         # Absent unless set, so that the Trainers' settings (and cache keys) stay as they were.
+        **({'early_stopping_patience': self.early_stopping_patience} if self.early_stopping_patience else {}),
         **({'embedding_learning_rate': self.finetune_embedding_learning_rate}
            if stage == 'finetune' and self.finetune_embedding_learning_rate is not None else {}),
         **({'freeze_domain_embedding': True} if stage == 'finetune' and self.finetune_freeze_domain_embedding else {}),

@@ -21,10 +21,10 @@ def _data(seed: int, shuffle_labels: bool = False, repeat: bool = True):
   return dataset.repeat() if repeat else dataset
 
 
-def _fit(model, train, validation, learning_rate: float):
+def _fit(model, train, validation, learning_rate: float, patience=None):
   model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss='binary_crossentropy',
                 metrics=[tf_keras.metrics.AUC(name='auc')])
-  best = BestValidationWeights(validation)
+  best = BestValidationWeights(validation, patience=patience)
   history = model.fit(train, epochs=4, steps_per_epoch=8, validation_data=validation, callbacks=[best], verbose=0)
   return best, history.history['val_auc']
 
@@ -47,6 +47,16 @@ def test_keeps_the_starting_weights_when_training_only_hurts_validation():
   assert best.best_epoch == 0  # ... so the start is what the model keeps
   for kept, original in zip(model.get_weights(), start):
     np.testing.assert_array_equal(kept, original)
+
+
+def test_patience_stops_after_that_many_epochs_without_a_better_one():
+  tf_keras.utils.set_random_seed(0)
+  model = _model()
+  validation = _data(1, repeat=False)
+  _fit(model, _data(0), validation, learning_rate=1e-2)
+  # Every epoch on unrelated labels does worse than the start: with patience 2, the third never runs.
+  best, val_aucs = _fit(model, _data(2, shuffle_labels=True), validation, learning_rate=3e-2, patience=2)
+  assert best.best_epoch == 0 and len(val_aucs) == 2
 
 
 def test_restores_the_best_epoch_not_the_last():
