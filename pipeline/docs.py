@@ -10,12 +10,13 @@ document beside the table):
                                        benchmarks/calibration.py's --json outputs merged (`calibration`),
                                        benchmarks/ranking_loss.py's (`ranking`), benchmarks/multitask.py's
                                        (`multitask`), benchmarks/constrained_objective.py's (`constraint`),
-                                       benchmarks/reconstructed_objective.py's (`revenue`)
+                                       benchmarks/reconstructed_objective.py's (`revenue`),
+                                       benchmarks/mlora_recipes.py's (`mlora`)
 
 In README.md and docs/*.md, each block between `<!-- generated: KIND NAME -->` and `<!-- end generated -->`
 is the rendering of that results file: `bench NAME` the WAUC tables of docs/benchmarks/NAME, `report NAME`,
 `simulate NAME` and each benchmark kind (`gate`, `calibration`, `ranking`, `multitask`, `constraint`,
-`revenue`) the tables of
+`revenue`, `mlora`) the tables of
 docs/results/NAME.json.
 """
 import importlib
@@ -65,7 +66,8 @@ RENDERERS: Dict[str, Callable[[str], str]] = {
     # kind: the benchmarks/ script whose --json output docs/results/NAME.json is
     **{kind: _benchmark_tables(module) for kind, module in (
         ('gate', 'gate_quality'), ('calibration', 'calibration'), ('ranking', 'ranking_loss'),
-        ('multitask', 'multitask'), ('constraint', 'constrained_objective'), ('revenue', 'reconstructed_objective'))},
+        ('multitask', 'multitask'), ('constraint', 'constrained_objective'), ('revenue', 'reconstructed_objective'),
+        ('mlora', 'mlora_recipes'))},
 }
 
 
