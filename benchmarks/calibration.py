@@ -22,7 +22,6 @@ selects (the Trainers' `BestValidationWeights`) and calibrates, test judges.
 import argparse
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sys
@@ -155,12 +154,7 @@ def main(argv=None):
   unknown = sorted(set(args.variants) - set(VARIANTS))
   if unknown:
     parser.error(f'unknown variants {unknown}: choose among {list(VARIANTS)}')
-  logging.basicConfig(level=logging.WARNING, format='%(message)s')
-  if args.verbose:  # the Trainer's per-epoch training and validation figures
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter('  %(message)s'))
-    logging.getLogger(trainer.__name__).addHandler(handler)
-    logging.getLogger(trainer.__name__).setLevel(logging.INFO)
+  in_process.log_trainer_epochs(args.verbose)
 
   frames = split(synthetic.generate(args.rows, seed=0))
   examples = {name: in_process.serialize(frame) for name, frame in frames.items()}

@@ -4,7 +4,9 @@ Transform component's graph), rows through that graph (its transformed examples)
 transformed columns held in memory that the Trainer's own `input_fn` reads."""
 import argparse
 import json
+import logging
 import os
+import sys
 from typing import Dict, List, Sequence
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
@@ -107,3 +109,14 @@ def add_run_options(parser: argparse.ArgumentParser, work_dir: str, seeds: Seque
   parser.add_argument('--work-dir', default=work_dir,
                       help='transform graphs (reused by later runs) and models (default %(default)s)')
   parser.add_argument('--json', help='also write every figure to this file')
+
+
+def log_trainer_epochs(verbose: bool) -> None:
+  """A benchmark's `--verbose`: the Trainer's per-epoch training and validation figures go to stdout; else
+  warnings alone."""
+  logging.basicConfig(level=logging.WARNING, format='%(message)s')
+  if verbose:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter('  %(message)s'))
+    logging.getLogger('models.trainer').addHandler(handler)
+    logging.getLogger('models.trainer').setLevel(logging.INFO)

@@ -8,7 +8,8 @@ One grid of (dataset, backbone, method, seed) runs, two uses of it:
   to beat), paired by seed (mean change, 95% interval, paired t-test), per domain too.
 
 Datasets (each split per domain 60/20/20 by `data.split.random_split`, seed 0): `ciao` (one domain per product
-category, `rating == 5`), `movielens:gender`, `movielens:age`, `movielens:occupation` (MovieLens-100K, `rating >= 4`).
+category, `rating == 5`), `movielens:gender`, `movielens:age`, `movielens:occupation` (MovieLens-100K, `rating >= 4`),
+and `synthetic`, the embedded default data (200k rows), whose generator builds the domain differences in.
 
 Methods: `base` is the pretrain stage (one shared model, the domain a feature); `mlora` the recipe's MLoRA on the
 base's frozen backbone (or, with the `joint` recipe, trained with the backbone from scratch); the controls beside
@@ -43,6 +44,7 @@ import numpy as np  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
 from benchmarks import calibration, in_process, ranking_loss  # noqa: E402
+from data import synthetic  # noqa: E402
 from data.prepare import DATASETS as LOADERS  # noqa: E402
 from data.split import random_split  # noqa: E402
 from models import metrics  # noqa: E402
@@ -53,7 +55,7 @@ from pipeline import bench  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from schemas import build_schema  # noqa: E402
 
-DATASETS = ('ciao', 'movielens:gender', 'movielens:age', 'movielens:occupation')
+DATASETS = ('ciao', 'movielens:gender', 'movielens:age', 'movielens:occupation', 'synthetic')
 MOVIELENS_LABEL_RULE = 'ge4'
 PATIENCE = 2
 
@@ -91,14 +93,18 @@ RECIPES: Dict[str, dict] = {
     'project': {},
     'authors': _AUTHORS,
     'authors_alpha128': {**_AUTHORS, 'alpha': 128},
-    'slow_embeddings': {**_AUTHORS, 'finetune_embedding_learning_rate': 3e-4, 'finetune_freeze_domain_embedding': False},
+    'slow_embeddings': {**_AUTHORS, 'finetune_embedding_learning_rate': 3e-4,
+                        'finetune_freeze_domain_embedding': False},
     'joint': {'adaptation_options': {'placement': 'hidden', 'domain_bias': True}, 'pretrain_adaptation': 'mlora'},
 }
 EMBEDDING_FIELDS = ('finetune_embedding_learning_rate', 'finetune_freeze_domain_embedding')
 
 
 def load(dataset: str, source: str):
-  """(frame, FeatureSpec, schema) of `ciao` or `movielens:<user field>`."""
+  """(frame, FeatureSpec, schema or None for the default data's) of `ciao`, `movielens:<user field>` or
+  `synthetic`."""
+  if dataset == 'synthetic':
+    return synthetic.generate(synthetic.DEFAULT_ROWS, seed=0), synthetic.FEATURE_SPEC, None
   name, _, domain = dataset.partition(':')
   options = {'domain': domain, 'label_rule': MOVIELENS_LABEL_RULE} if name == 'movielens' else {}
   loaded = LOADERS[name](source, **options)
@@ -162,7 +168,8 @@ def _key(record: dict) -> tuple:
 
 
 def summarize(results: List[dict]) -> Dict[tuple, dict]:
-  """{(dataset, backbone): {'domains', 'methods': {label: row}}}: a label is the method, or `mlora/<recipe>`. Per
+  """{(dataset, backbone): {'domains', 'methods': {label: row}}}: a label is the method, `method/<recipe>` for one
+  that takes the recipe (mlora, no_adapter, param_matched). Per
   row: eval and test WAUC (mean ± 95% interval), parameters, examples/s, each domain's test AUC, and against the
   best control (the control with the highest mean test WAUC; none for the controls themselves) the paired change
   of test WAUC and of each domain's AUC."""
@@ -171,11 +178,12 @@ def summarize(results: List[dict]) -> Dict[tuple, dict]:
     runs = [r for r in results if (r['dataset'], r['backbone']) == group]
     first = runs[0]['test']['domains']
     domains = sorted(first, key=lambda d: (-first[d]['count'], d))
-    by_label = {}
+    by_label, controls = {}, []
     for run in runs:
-      label = f'mlora/{run["recipe"]}' if run['method'] == 'mlora' else run['method']
+      label = run['method'] if run['recipe'] == '-' else f'{run["method"]}/{run["recipe"]}'
       by_label.setdefault(label, {})[run['seed']] = run
-    controls = [label for label in by_label if label in CONTROLS]
+      if run['method'] in CONTROLS and label not in controls:
+        controls.append(label)
     best_control = max(controls, key=lambda c: np.mean([r['test']['wauc'] for r in by_label[c].values()]),
                        default=None)
     rows = {}
@@ -190,7 +198,7 @@ def summarize(results: List[dict]) -> Dict[tuple, dict]:
              'domains': {d: {'count': first[d]['count'],
                              'auc': bench.mean_std([r['test']['domains'][d]['auc'] for r in by_seed.values()])}
                          for d in domains}}
-      if best_control and label not in CONTROLS:
+      if best_control and label not in controls:
         control = by_label[best_control]
         row['against'] = best_control
         row['wauc_change'] = bench.paired_change(series(lambda r: r['test']['wauc']),
@@ -282,8 +290,8 @@ class Grid:
     frame, self.spec, self.schema = load(dataset, source)
     splits, _ = random_split(frame, self.spec.domain, seed=0)
     self.examples = {name: in_process.serialize(part[self.spec.raw_columns]) for name, part in splits.items()}
-    self.truth = {name: (splits[name][self.spec.label].to_numpy(), splits[name][self.spec.domain].astype(str).to_numpy())
-                  for name in ('eval', 'test')}
+    self.truth = {name: (part[self.spec.label].to_numpy(), part[self.spec.domain].astype(str).to_numpy())
+                  for name, part in splits.items() if name != 'train'}
     self.rows = len(frame)
 
   def transform(self, config: PipelineConfig):
@@ -301,9 +309,7 @@ class Grid:
       recipe_config = run_config(self.spec, 'mlora', recipe, backbone, seed, dict(self.args.set))
       target = mlora_parameters(recipe_config, tft.TFTransformOutput(transform_dir))
       overrides['hidden_units'] = tuple(matched_hidden_units(config, tft.TFTransformOutput(transform_dir), target))
-    adaptation = 'none' if method == 'base' else (config.pretrain_adaptation if stage == 'pretrain' and method == 'mlora'
-                                                  else METHODS[method].adaptation)
-    overrides['pretrain_adaptation' if stage == 'pretrain' else 'adaptation'] = adaptation
+    overrides['pretrain_adaptation' if stage == 'pretrain' else 'adaptation'] = METHODS[method].adaptation
     config = dataclasses.replace(config, **overrides)
     model_dir = self.model_dir(method, recipe, backbone, seed)
     shutil.rmtree(model_dir, ignore_errors=True)
@@ -334,7 +340,8 @@ class Grid:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--results', required=True, help='the runs, one JSON line each (appended; runs there are skipped)')
+  parser.add_argument('--results', required=True,
+                      help='the runs, one JSON line each (appended; runs already there are skipped)')
   parser.add_argument('--datasets', type=lambda t: t.split(','), default=['ciao'], help=f'some of {",".join(DATASETS)}')
   parser.add_argument('--backbones', type=lambda t: t.split(','), default=['mlp'])
   parser.add_argument('--methods', type=lambda t: t.split(','), default=['mlora'], help=f'some of {",".join(METHODS)}')
@@ -343,6 +350,7 @@ def main(argv=None):
   parser.add_argument('--movielens-source', default=ranking_loss.SOURCES['movielens'])
   parser.add_argument('--ciao-source', default=ranking_loss.SOURCES['ciao'])
   parser.add_argument('--plot-dir', help='write the per-domain AUC change plots here')
+  parser.add_argument('--verbose', action='store_true', help='log the Trainers\' epochs (training and validation AUC)')
   in_process.add_run_options(parser, '/tmp/mlora_recipes', seeds=(0, 1, 2, 3, 4),
                              seeds_note=' (the data and its split stay fixed)')
   args = parser.parse_args(argv)
@@ -351,6 +359,7 @@ def main(argv=None):
     if set(chosen) - set(allowed):
       parser.error(f'unknown {name} {sorted(set(chosen) - set(allowed))}: choose among {list(allowed)}')
 
+  in_process.log_trainer_epochs(args.verbose)
   done = {_key(r) for r in read_results(args.results)}
   for dataset in args.datasets:
     grid = Grid(dataset, args.ciao_source if dataset == 'ciao' else args.movielens_source, args)

@@ -19,7 +19,8 @@ def _run(method, seed, wauc, small_auc, recipe='-', big_count=3000):
 
 RESULTS = ([_run('base', s, w, 0.60) for s, w in enumerate((0.70, 0.71, 0.72))] +
            [_run('no_adapter', s, w, 0.60) for s, w in enumerate((0.705, 0.715, 0.725))] +
-           [_run('mlora', s, w, a, recipe='authors') for s, (w, a) in enumerate(((0.708, 0.70), (0.7185, 0.71), (0.7275, 0.69)))])
+           [_run('mlora', s, w, a, recipe='authors')
+            for s, (w, a) in enumerate(((0.708, 0.70), (0.7185, 0.71), (0.7275, 0.69)))])
 
 
 def test_the_methods_are_compared_with_the_best_control_paired_by_seed():
@@ -75,3 +76,11 @@ def test_the_parameter_matched_base_reaches_the_mlora_models_size():
   matched = mlora_recipes.model_lib.build_model(SPEC, {'item': 21, 'user': 50}, units, 4,
                                                 options={'calibrate': True}).count_params()
   assert matched == pytest.approx(target, rel=0.05)
+
+
+def test_a_control_run_with_each_recipe_is_a_control_of_its_own():
+  controls = [_run('no_adapter', s, 0.73, 0.6, recipe=r) for s in range(3) for r in ('authors', 'joint')]
+  table = mlora_recipes.summarize(RESULTS[:3] + controls + RESULTS[6:])['ciao', 'mlp']
+  assert {'no_adapter/authors', 'no_adapter/joint'} <= set(table['methods'])
+  assert table['best_control'] == 'no_adapter/authors'
+  assert 'wauc_change' not in table['methods']['no_adapter/joint']
