@@ -219,11 +219,11 @@ def worse_domains(row: dict, min_rows: int = 2000) -> List[str]:
           and (figures['auc_change'].get('p_value') or 1.0) < 0.05]
 
 
-def format_markdown(results_file: dict) -> str:
+def format_markdown(results_file: dict, domains: bool = True) -> str:
   """The results file's ({'command', 'results'}) tables, per dataset and backbone: a row per method (eval and
   test WAUC, the paired test change against the best control with its t-test p, parameters, training
-  examples/s, the domains of 2,000+ test rows significantly worse), then, for up to 12 domains by size, the
-  test AUC change of each non-control method."""
+  examples/s, the domains of 2,000+ test rows significantly worse), then, with `domains`, for up to 12 domains
+  by size, the test AUC change of each non-control method."""
   sections = []
   for (dataset, backbone), table in summarize(results_file['results']).items():
     seeds = sorted({s for row in table['methods'].values() for s in row['seeds']})
@@ -236,7 +236,7 @@ def format_markdown(results_file: dict) -> str:
                    f'{bench.plus_minus(row.get("wauc_change"), "+.4f", with_p=True)} | {row["parameters"]:,} | '
                    f'{row["examples_per_second"]:,.0f} | {row["best_epoch"]} | {", ".join(worse) or "none"} |')
     compared = [label for label, row in table['methods'].items() if row.get('wauc_change')]
-    if compared and len(table['domains']) > 1:
+    if domains and compared and len(table['domains']) > 1:
       shown = table['domains'][:12]
       lines += ['', '| domain | test rows | ' + ' | '.join(f'{label} AUC change' for label in compared) + ' |',
                 '|---|---|' + '---|' * len(compared)]

@@ -17,7 +17,7 @@ In README.md and docs/*.md, each block between `<!-- generated: KIND NAME -->` a
 is the rendering of that results file: `bench NAME` the WAUC tables of docs/benchmarks/NAME, `report NAME`,
 `simulate NAME` and each benchmark kind (`gate`, `calibration`, `ranking`, `multitask`, `constraint`,
 `revenue`, `mlora`) the tables of
-docs/results/NAME.json.
+docs/results/NAME.json; `mlora-methods NAME` the method rows of an `mlora` file alone.
 """
 import importlib
 import json
@@ -68,6 +68,8 @@ RENDERERS: Dict[str, Callable[[str], str]] = {
         ('gate', 'gate_quality'), ('calibration', 'calibration'), ('ranking', 'ranking_loss'),
         ('multitask', 'multitask'), ('constraint', 'constrained_objective'), ('revenue', 'reconstructed_objective'),
         ('mlora', 'mlora_recipes'))},
+    'mlora-methods': lambda name: importlib.import_module('benchmarks.mlora_recipes').format_markdown(
+        _json(name), domains=False),
 }
 
 

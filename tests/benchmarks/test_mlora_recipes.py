@@ -84,3 +84,8 @@ def test_a_control_run_with_each_recipe_is_a_control_of_its_own():
   assert {'no_adapter/authors', 'no_adapter/joint'} <= set(table['methods'])
   assert table['best_control'] == 'no_adapter/authors'
   assert 'wauc_change' not in table['methods']['no_adapter/joint']
+
+
+def test_the_method_rows_alone_leave_the_domains_out():
+  text = mlora_recipes.format_markdown({'command': 'c', 'results': RESULTS}, domains=False)
+  assert '| mlora/authors | 0.7080 ± ' in text and '| small |' not in text
