@@ -382,7 +382,8 @@ def setup_stage(fn_args):
   if config.get('head'):  # DWA re-weighs the tasks once per epoch; gradient surgery's task order follows the seed
     options = {'dwa_period': epoch_plan(fn_args.train_steps)[1], 'seed': config['seed']}
     config = {**config, 'head_options': {**config['head_options'], **options}}
-  tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+  # transform_graph_path: the Trainer's FnArgs also name it transform_output, the Tuner's do not.
+  tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
   return config, spec, tf_transform_output, strategy
 
 

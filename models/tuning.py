@@ -107,6 +107,9 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
   oracle = keras_tuner.oracles.RandomSearchOracle(
       objective=keras_tuner.Objective(OBJECTIVE, 'max'), max_trials=config['tune_trials'],
       seed=config['seed'] + 1,  # KerasTuner draws a random seed for 0
-      hyperparameters=search_space(), allow_new_entries=False)
+      hyperparameters=search_space(), allow_new_entries=False,
+      # A trial runs the fine-tune Trainer's code: its error would fail the Trainer too, so it stops the search
+      # (with its traceback) rather than being skipped.
+      max_consecutive_failed_trials=1)
   tuner = FinetuneTuner(fn_args, oracle, directory=fn_args.working_dir, project_name='finetune', overwrite=True)
   return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={})

@@ -3,6 +3,7 @@
 import json
 import os
 
+import attr
 import keras_tuner
 import pytest
 
@@ -54,9 +55,10 @@ def test_the_search_finds_settings_the_finetune_trainer_then_trains(tmp_path):
   settings = dict(hidden_units=(32, 16), alpha=2, tune=True, tune_trials=2)
   pretrained = cluster.run_stage('pretrain', work, os.path.join(work, 'pretrain'), None, settings)
   config = cluster.config(work, **settings)
-  fn_args = calibration.stage_fn_args('finetune', config, accessor, transform_dir, os.path.join(work, 'tuner'),
-                                      base_model=pretrained)
-  fn_args.working_dir = os.path.join(work, 'tuning')
+  # The Tuner's FnArgs: the Trainer's common ones (no transform_output, no model folders) and a working_dir.
+  fn_args = attr.evolve(calibration.stage_fn_args('finetune', config, accessor, transform_dir, work, pretrained),
+                        transform_output=None, serving_model_dir=None, model_run_dir=None,
+                        working_dir=os.path.join(work, 'tuning'))
   result = tuning.tuner_fn(fn_args)
   result.tuner.search(**result.fit_kwargs)
   trials = result.tuner.oracle.get_best_trials(2)
