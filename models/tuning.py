@@ -88,16 +88,26 @@ class FinetuneTuner(base_tuner.BaseTuner):
               OBJECTIVE, best.best, best.best_epoch, time.perf_counter() - start)
     return {OBJECTIVE: float(best.best)}
 
+  # TFX's Tuner prints KerasTuner's summaries on stdout, where a run shows one line per component
+  # (pipeline/console.py): they go to the logs, beside each trial's line.
+  def search_space_summary(self, extended=False):
+    del extended
+    _LOG.info('tuning search space: %s', {hp.name: hp.values for hp in self.oracle.get_space().space})
+
+  def results_summary(self, num_trials=10):
+    for trial in self.oracle.get_best_trials(num_trials):
+      _LOG.info('tuning result: trial %s %s -> %s %s', trial.trial_id, trial.hyperparameters.values, OBJECTIVE,
+                trial.score)
+
   def on_search_begin(self):
     super().on_search_begin()
     self.search_start = time.perf_counter()
 
   def on_search_end(self):
     super().on_search_end()
-    best = self.oracle.get_best_trials(1)
+    [best] = self.oracle.get_best_trials(1)  # a failed trial ends the search with its error: one completed
     _LOG.info('tuning: %d trials in %.1f s; best %s (%s %.4f)', len(self.oracle.trials),
-              time.perf_counter() - self.search_start, best[0].hyperparameters.values if best else None, OBJECTIVE,
-              best[0].score if best else float('nan'))
+              time.perf_counter() - self.search_start, best.hyperparameters.values, OBJECTIVE, best.score)
 
 
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
@@ -112,4 +122,5 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
       # (with its traceback) rather than being skipped.
       max_consecutive_failed_trials=1)
   tuner = FinetuneTuner(fn_args, oracle, directory=fn_args.working_dir, project_name='finetune', overwrite=True)
-  return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={})
+  # verbose 0: KerasTuner prints nothing per trial (run_trial logs its own line).
+  return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={'verbose': 0})

@@ -6,8 +6,13 @@ import os
 import attr
 import keras_tuner
 import pytest
+import tensorflow_transform as tft
 
+from benchmarks import calibration
+from models import model as model_lib
+from models import trainer
 from models import tuning
+from tests.models import cluster
 
 CONFIG = {'adaptation_options': {'alpha': 8, 'rank': 2}, 'learning_rate': 3e-3, 'seed': 0}
 
@@ -43,12 +48,6 @@ def test_an_unknown_hyperparameter_is_refused():
 def test_the_search_finds_settings_the_finetune_trainer_then_trains(tmp_path):
   """Two trials on tiny transformed data (tests/models/cluster.py), each a real fine-tune of a real pretrained
   model; the fine-tune run_fn given the best exports adapters of the best alpha's size, not the configured one's."""
-  import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
-  from benchmarks import calibration  # pylint: disable=g-import-not-at-top
-  from models import model as model_lib  # pylint: disable=g-import-not-at-top
-  from models import trainer  # pylint: disable=g-import-not-at-top
-  from tests.models import cluster  # pylint: disable=g-import-not-at-top
-
   work = str(tmp_path)
   transform_dir, accessor = cluster.transformed(work)
   # Wide enough layers that MLoRA's rank, d_out // alpha, differs for every alpha; an alpha outside the space.
