@@ -234,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
                         'objective: an exposure whose revenue beats its domain\'s running average revenue per '
                         'exposure (data/revenue.py); ignored with --data-path, whose features.json names the label')
   _add_pipeline_options(run)
+  run.add_argument('--tune', action='store_true', default=None,
+                   help='a TFX Tuner searches the fine-tune stage\'s alpha, learning rate and embedding learning rate '
+                        'on the eval split, and the fine-tune Trainer takes the best: each trial costs one more '
+                        'fine-tune (the Tuner\'s time is printed); off by default')
+  run.add_argument('--tune-trials', type=_positive(int), default=None,
+                   help='with --tune: the settings tried (default 6)')
   run.add_argument('--onboard-domains', type=lambda text: [d for d in text.split(',') if d], default=None,
                    metavar='DOMAIN[,DOMAIN]',
                    help='domains appended to features.json (and the schema) since the production model was trained: '
@@ -295,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='day the new domain mini_program appears (default 4)')
   simulate.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
   _add_pipeline_options(simulate)
-  simulate.set_defaults(schema=None, rows=None, onboard_domains=None, label='click')  # the days bring their data
+  # The days bring their data, and a daily run is not tuned.
+  simulate.set_defaults(schema=None, rows=None, onboard_domains=None, label='click', tune=None, tune_trials=None)
 
   prepare = commands.add_parser(
       'prepare', help='turn a public dataset into the pipeline\'s raw, domain-tagged input',
@@ -601,6 +608,7 @@ def config_from_args(args):
       'onboard_domains': tuple(args.onboard_domains) if args.onboard_domains else None,
       'challengers': tuple(args.challenger) if args.challenger else None,
       'enable_cache': args.enable_cache,
+      'tune': args.tune, 'tune_trials': args.tune_trials,
       'distribution': args.distribution,
       'adaptation_options': dict(args.adaptation_option) if args.adaptation_option else None,
   }

@@ -68,17 +68,24 @@ def split(frame, seed: int = 0):
           for i, name in enumerate(SPLITS)}
 
 
+def stage_fn_args(stage: str, config: PipelineConfig, accessor, transform_dir: str, model_dir: str,
+                  base_model=None, hyperparameters=None) -> FnArgs:
+  """The FnArgs the pipeline gives `stage`'s Trainer (the fine-tune stage's Tuner gets the same, with a
+  working_dir), its model going to the Model artifact folder `model_dir`."""
+  return FnArgs(train_files='train', eval_files='eval', train_steps=config.pretrain_steps if stage == 'pretrain'
+                else config.finetune_steps, eval_steps=config.eval_steps, transform_output=transform_dir,
+                transform_graph_path=transform_dir, data_accessor=accessor,
+                serving_model_dir=os.path.join(model_dir, 'Format-Serving'),
+                model_run_dir=os.path.join(model_dir, 'logs'),
+                base_model=base_model, hyperparameters=hyperparameters, custom_config=config.trainer_config(stage))
+
+
 def train_stage(stage: str, config: PipelineConfig, accessor, transform_dir: str, model_dir: str,
-                base_model=None) -> str:
+                base_model=None, hyperparameters=None) -> str:
   """Runs the Trainer's run_fn of `stage` as the pipeline would; the Format-Serving directory it exported."""
-  serving_dir = os.path.join(model_dir, 'Format-Serving')
-  fn_args = FnArgs(train_files='train', eval_files='eval', train_steps=config.pretrain_steps if stage == 'pretrain'
-                   else config.finetune_steps, eval_steps=config.eval_steps, transform_output=transform_dir,
-                   transform_graph_path=transform_dir, data_accessor=accessor, serving_model_dir=serving_dir,
-                   model_run_dir=os.path.join(model_dir, 'logs'), base_model=base_model,
-                   custom_config=config.trainer_config(stage))
+  fn_args = stage_fn_args(stage, config, accessor, transform_dir, model_dir, base_model, hyperparameters)
   (trainer.pretrain_run_fn if stage == 'pretrain' else trainer.finetune_run_fn)(fn_args)
-  return serving_dir
+  return fn_args.serving_model_dir
 
 
 def served_outputs(serving_dir: str, examples, batch_size: int = 8192) -> dict:

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
@@ -247,10 +247,20 @@ def export_serving_model(model, tf_transform_output, spec: FeatureSpec, path: st
     tf.saved_model.save(model, path, signatures=serving_signatures(model, tf_transform_output, spec))
 
 
-def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spec: FeatureSpec,
-                      tf_transform_output, config: dict, strategy: tf.distribute.Strategy) -> None:
-  """Trains `model` (built in `strategy`'s scope) and exports it. `batch_size` is the global batch: synchronous
-  replicas split it; each parameter-server worker takes whole batches of it."""
+class Fitted(NamedTuple):
+  """What `fit_stage` leaves: the validation batches, the kept weights' record, the throughput, the dual ascent
+  callback (none without constraints)."""
+  evaluation: tf.data.Dataset
+  best: BestValidationWeights
+  throughput: ThroughputLogger
+  dual: list
+
+
+def fit_stage(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spec: FeatureSpec, tf_transform_output,
+              config: dict, strategy: tf.distribute.Strategy) -> Fitted:
+  """Trains `model` (built in `strategy`'s scope) for `fn_args.train_steps` on the train split and keeps its
+  best weights on the eval split: a Trainer stage's training, which the Tuner's trials run too. `batch_size`
+  is the global batch: synchronous replicas split it; each parameter-server worker takes whole batches of it."""
   batch_size, seed = config['batch_size'], config['seed']
   feature_names = list(model.input.keys())
   multitask = isinstance(model, MultiTaskModel)
@@ -287,6 +297,13 @@ def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spe
   dual = [constraints.DualAscent(lagrangian)] if lagrangian else []
   trained.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
               validation_steps=validation_steps, callbacks=[throughput, best] + dual, verbose=0)
+  return Fitted(evaluation, best, throughput, dual)
+
+
+def _train_and_export(fn_args: tfx.components.FnArgs, model: tf_keras.Model, spec: FeatureSpec,
+                      tf_transform_output, config: dict, strategy: tf.distribute.Strategy) -> None:
+  """Trains `model` (`fit_stage`), fits its calibration and exports it with its training statistics."""
+  evaluation, best, throughput, dual = fit_stage(fn_args, model, spec, tf_transform_output, config, strategy)
   calibration = model_lib.calibration_layer(model)
   if calibration is not None:
     onboard = [spec.domains.index(d) for d in config.get('onboard_domains') or ()]
@@ -374,7 +391,9 @@ def epoch_plan(train_steps: int):
   return epochs, train_steps // epochs
 
 
-def _setup(fn_args):
+def setup_stage(fn_args):
+  """(config, feature spec, TFTransformOutput, tf.distribute strategy) of a Trainer or Tuner run, the process's
+  seeds and determinism set."""
   assert tf_keras.__version__.startswith('2.'), f'Keras 2 (tf_keras) required, got {tf_keras.__version__}'
   config = fn_args.custom_config
   # First: a multi-worker strategy configures the process's collective ops before any op runs.
@@ -386,7 +405,8 @@ def _setup(fn_args):
   if config.get('head'):  # DWA re-weighs the tasks once per epoch; gradient surgery's task order follows the seed
     options = {'dwa_period': epoch_plan(fn_args.train_steps)[1], 'seed': config['seed']}
     config = {**config, 'head_options': {**config['head_options'], **options}}
-  tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+  # transform_graph_path: the Trainer's FnArgs also name it transform_output, the Tuner's do not.
+  tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
   return config, spec, tf_transform_output, strategy
 
 
@@ -414,7 +434,7 @@ def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
   model, for continual runs) it starts from that model's backbone (`models.warm_start`). Run by the CTNet
   Trainer (a source model in `custom_config`), the backbone is CTNet's target tower beside the source model's
   frozen tower (`models.ctnet`); the warm start leaves that tower as the newest source model has it."""
-  config, spec, tf_transform_output, strategy = _setup(fn_args)
+  config, spec, tf_transform_output, strategy = setup_stage(fn_args)
   with strategy.scope():
     model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=False,
                    source_tower=_source_tower(config, spec, tf_transform_output))
@@ -424,23 +444,37 @@ def pretrain_run_fn(fn_args: tfx.components.FnArgs) -> None:
   _train_and_export(fn_args, model, spec, tf_transform_output, config, strategy)
 
 
+def finetune_model(base_model: Optional[str], config: dict, spec: FeatureSpec, tf_transform_output,
+                   strategy: tf.distribute.Strategy) -> tf_keras.Model:
+  """The fine-tune stage's model on the pretrained model of `base_model` (its Format-Serving path): the
+  backbone frozen with the adaptation added and the pretrained weights loaded; onboarding's model on the
+  production model with `onboard_domains`. The fine-tune Trainer and the Tuner's trials build it here."""
+  if not base_model:
+    raise ValueError('The fine-tune Trainer needs base_model: wire it to the pretrain Trainer\'s model.')
+  pretrained = tf_keras.models.load_model(keras_model_path(base_model))
+  with strategy.scope():
+    if config.get('onboard_domains'):  # base_model is the production model
+      return onboarding.onboarding_model(
+          spec, vocabulary_sizes(spec, tf_transform_output), config['onboard_domains'], pretrained,
+          tf_transform_output, base_model, config['hidden_units'], config['embedding_dim'],
+          config['backbone'], config['adaptation_options'])
+    model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=True,
+                              source_tower=ctnet.find_source_tower(pretrained))
+    model_lib.load_backbone_weights(model, ctnet.without_source_tower(pretrained))
+  return model
+
+
 def finetune_run_fn(fn_args: tfx.components.FnArgs) -> None:
   """Stage 2: the pretrained backbone frozen, its dense layers built through the domain adaptation (one
   MLoRA adapter per domain on every dense layer by default); the adaptation's weights and the embeddings
   train. A CTNet model keeps its source tower and adapters, frozen. Onboarding new domains
-  (`onboard_domains`), `base_model` is the production model and only the new domains' adapters train."""
-  config, spec, tf_transform_output, strategy = _setup(fn_args)
-  if not fn_args.base_model:
-    raise ValueError('The fine-tune Trainer needs base_model: wire it to the pretrain Trainer\'s model.')
-  pretrained = tf_keras.models.load_model(keras_model_path(fn_args.base_model))
-  with strategy.scope():
-    if config.get('onboard_domains'):  # base_model is the production model
-      model = onboarding.onboarding_model(
-          spec, vocabulary_sizes(spec, tf_transform_output), config['onboard_domains'], pretrained,
-          tf_transform_output, fn_args.base_model, config['hidden_units'], config['embedding_dim'],
-          config['backbone'], config['adaptation_options'])
-    else:
-      model = build_stage_model(config, spec, tf_transform_output, freeze_backbone=True,
-                     source_tower=ctnet.find_source_tower(pretrained))
-      model_lib.load_backbone_weights(model, ctnet.without_source_tower(pretrained))
+  (`onboard_domains`), `base_model` is the production model and only the new domains' adapters train. With
+  `fn_args.hyperparameters` (the Tuner's best), they replace the configured alpha and learning rates."""
+  config, spec, tf_transform_output, strategy = setup_stage(fn_args)
+  if fn_args.hyperparameters:
+    # Imported here: models.tuning imports this module, and keras_tuner (Keras 3) only a tuned run needs.
+    from models import tuning  # pylint: disable=g-import-not-at-top
+    config = tuning.apply_hyperparameters(config, fn_args.hyperparameters)
+    _LOG.info('tuned hyperparameters: %s', tuning.tuned_settings(config))
+  model = finetune_model(fn_args.base_model, config, spec, tf_transform_output, strategy)
   _train_and_export(fn_args, model, spec, tf_transform_output, config, strategy)

@@ -154,6 +154,11 @@ class PipelineConfig:
   # pretrain stage, `finetune:pepnet` adds PEPNet to the pretrained backbone beside the fine-tune stage. Only
   # the fine-tune stage's model is evaluated, gated and pushed.
   challengers: Tuple[str, ...] = ()
+  # Tuning (models/tuning.py): a TFX Tuner searches the fine-tune stage's alpha, learning rate and embedding
+  # learning rate on the eval split before it, and the fine-tune Trainer takes the best. It costs
+  # `tune_trials` more fine-tunes of `finetune_steps` each (the run prints the Tuner's time): off by default.
+  tune: bool = False
+  tune_trials: int = 6
   data_format: Optional[str] = None  # 'csv' or 'tfrecord'; None: from the files
   # With data_format: the split folders (train, eval, test; without test they are pooled), or None for
   # files directly under the span folder; both split by hash unless all three are given.
@@ -208,6 +213,11 @@ class PipelineConfig:
     for stage, adaptation in self.challenger_stages():
       if (stage, adaptation) in (('pretrain', self.pretrain_adaptation), ('finetune', self.adaptation)):
         raise ValueError(f'challenger {stage}:{adaptation} is the {stage} stage itself.')
+    if self.tune and self.onboard_domains:
+      raise ValueError('tune searches the fine-tune stage on this run\'s pretrained backbone, and onboard_domains has '
+                       'none (it trains new adapters on the production model): set tune or onboard_domains, not both.')
+    if self.tune_trials < 1:
+      raise ValueError(f'tune_trials must be at least 1, got {self.tune_trials}.')
     if self.challengers and (self.onboard_domains or self.transfer_source):
       raise ValueError('challengers compare methods on a freshly pretrained backbone: not with onboard_domains or '
                        'transfer_source.')
@@ -325,6 +335,7 @@ class PipelineConfig:
         **({'embedding_learning_rate': self.finetune_embedding_learning_rate}
            if stage == 'finetune' and self.finetune_embedding_learning_rate is not None else {}),
         **({'freeze_domain_embedding': True} if stage == 'finetune' and self.finetune_freeze_domain_embedding else {}),
+        **({'tune_trials': self.tune_trials} if stage == 'finetune' and self.tune else {}),
         **({'head': self.head, 'head_options': {**self.head_options, 'balancing': self.balancing,
                                                 'gradient_surgery': self.gradient_surgery,
                                                 'constraints': list(self.constraints),

@@ -8,6 +8,7 @@ component found from its outputs in the metadata store. TensorFlow's C++ logs ar
 TF_CPP_MIN_LOG_LEVEL (tfx_runner.py): only errors reach the terminal.
 """
 import contextlib
+import json
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from components.promotion_gate import CANDIDATE, read_evaluation
 from pipeline import lineage
 from pipeline import report_html
 from pipeline.config import PipelineConfig
+from pipeline.pipeline import TUNER_ID
 from pipeline.report import format_number
 
 LOG_FILE = os.path.join('logs', 'run.log')
@@ -27,6 +29,7 @@ LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s: %(message)s'
 TERMINAL_LOGGERS = ('', 'tensorflow', 'absl')  # the loggers that may hold a handler writing to the terminal
 _COMPONENT = re.compile(r'^Component (\S+) is (running|finished)\.$')
 _EPOCH = re.compile(r'^epoch (\d+)/(\d+): ')
+TUNER_RESULTS_FILE = 'tuner_results.json'  # the Tuner executor's (tfx/components/tuner/executor.py)
 _VALIDATION_AUC = re.compile(r'\bval_(?:ctr_)?auc=([\d.]+)')
 BAR_WIDTH = 20
 
@@ -78,7 +81,8 @@ def logs_to_file(output_dir: str, verbose: bool = False) -> Iterator[str]:
 
 def outcome(config: PipelineConfig, node_id: str) -> str:
   """What a finished component found, read from its outputs: the rows per split, the anomalies, the data accepted,
-  the candidate's AUC and the gate's decision, the pushed version; '' for the others."""
+  the Tuner's best hyperparameters, the candidate's AUC and the gate's decision, the pushed version; '' for the
+  others."""
   def output(key):
     artifacts = lineage.latest_artifacts(config, node_id, key, lineage.OUTPUT)
     return artifacts[0] if artifacts else None
@@ -94,6 +98,11 @@ def outcome(config: PipelineConfig, node_id: str) -> str:
     return f'anomalies: {found}' if found else 'no anomalies'
   if node_id == 'AnomaliesGate':  # it fails the run otherwise
     return 'data accepted'
+  if node_id == TUNER_ID:
+    with open(os.path.join(output('tuner_results').uri, TUNER_RESULTS_FILE)) as f:
+      trials = json.load(f)  # the completed trials, best first
+    best = ', '.join(f'{k} {v}' for k, v in trials[0].items() if k not in ('trial_id', 'score'))
+    return f'best of {len(trials)} trials: {best}, validation AUC {format_number(trials[0]["score"])}'
   if node_id == 'PromotionGate':
     evaluation = read_evaluation(output('blessing').uri)
     aucs = ', '.join(f'{task} AUC {format_number(t["evaluation"]["overall"]["models"][CANDIDATE]["auc"]["value"])}'

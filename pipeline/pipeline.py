@@ -16,6 +16,8 @@ from pipeline.config import SPAN_FOLDER, PipelineConfig
 
 PREPROCESSING_FN = 'models.preprocessing.preprocessing_fn'
 STAGE_RUN_FNS = {'pretrain': 'models.trainer.pretrain_run_fn', 'finetune': 'models.trainer.finetune_run_fn'}
+TUNER_FN = 'models.tuning.tuner_fn'
+TUNER_ID = 'Tuner'
 PREDICTION_KEY = 'ctr'
 VERTEX_MACHINE_TYPE = 'n1-standard-8'  # each Trainer replica's machine
 
@@ -131,7 +133,7 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
       custom_config=config.transform_config(), disable_statistics=True)
   transform.add_upstream_node(anomalies_gate)  # no feature engineering, hence no training, on invalid data
 
-  def trainer(stage: str, steps: int, base_model=None, source_model=None, adaptation=None):
+  def trainer(stage: str, steps: int, base_model=None, source_model=None, adaptation=None, hyperparameters=None):
     make = tfx.components.Trainer if source_model is None else functools.partial(CTNetTrainer,
                                                                                  source_model=source_model)
     custom_config = config.trainer_config(stage, adaptation)
@@ -142,7 +144,9 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
         run_fn=STAGE_RUN_FNS[stage], examples=transform.outputs['transformed_examples'],
         transform_graph=transform.outputs['transform_graph'], schema=schema.outputs['schema'],
         base_model=base_model, train_args=tfx.proto.TrainArgs(num_steps=steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps), custom_config=custom_config)
+        eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps), custom_config=custom_config,
+        # The Tuner's best, for the fine-tune stage only: the CTNet Trainer (pretrain) takes none.
+        **({'hyperparameters': hyperparameters} if hyperparameters is not None else {}))
 
   latest_blessed = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -158,7 +162,16 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
   # Onboarding new domains trains their adapters alone on the production model: nothing is pretrained,
   # and the production model is the "before" of the report.
   before = latest_blessed.outputs['model'] if config.onboard_domains else pretrain.outputs['model']
-  finetune = trainer('finetune', config.finetune_steps, base_model=before).with_id(trainer_id('finetune'))
+  # Tuning: the fine-tune stage's hyperparameters searched on the same pretrained backbone, the best trained.
+  tuner = tfx.components.Tuner(
+      tuner_fn=TUNER_FN, examples=transform.outputs['transformed_examples'],
+      transform_graph=transform.outputs['transform_graph'], schema=schema.outputs['schema'],
+      base_model=pretrain.outputs['model'], train_args=tfx.proto.TrainArgs(num_steps=config.finetune_steps),
+      eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
+      custom_config=config.trainer_config('finetune')).with_id(TUNER_ID) if config.tune else None
+  finetune = trainer('finetune', config.finetune_steps, base_model=before,
+                     hyperparameters=tuner.outputs['best_hyperparameters'] if tuner else None
+                     ).with_id(trainer_id('finetune'))
   # Challengers train beside the stages (pretrain from scratch, fine-tune on the same pretrained backbone)
   # for offline comparison; nothing downstream reads their models.
   challengers = [trainer(stage, config.pretrain_steps if stage == 'pretrain' else config.finetune_steps,
@@ -181,7 +194,7 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
           filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)))
 
   components: List = [examples, statistics, schema, validator, anomalies_gate, transform, finetune, latest_blessed,
-                      evaluator, gate, pusher] + ([source] if source else []) + challengers
+                      evaluator, gate, pusher] + ([source] if source else []) + ([tuner] if tuner else []) + challengers
   if not config.onboard_domains:
     components.append(pretrain)
   return tfx.dsl.Pipeline(

@@ -1,8 +1,10 @@
 """A run a person can read (pipeline/console.py): a line per component on the terminal, the logs in a file."""
+import json
 import logging
 import os
 import re
 import sys
+import types
 
 import pytest
 
@@ -51,3 +53,13 @@ def test_the_run_prints_a_line_per_component_and_logs_to_a_file(shared_run):
   assert 'Component CsvExampleGen is finished.' in logs and 'apache_beam' in logs
   for printed in (shared_run.printed, shared_run.printed_errors):
     assert ' INFO ' not in printed and 'is finished.' not in printed
+
+
+def test_the_tuner_line_names_the_best_settings_and_their_validation_auc(tmp_path, monkeypatch):
+  trials = [{'trial_id': '1', 'score': 0.71234, 'alpha': 16, 'learning_rate': 0.003, 'embedding_learning_rate': -1.0},
+            {'trial_id': '0', 'score': 0.70001, 'alpha': 4, 'learning_rate': 0.01, 'embedding_learning_rate': 0.0}]
+  (tmp_path / console.TUNER_RESULTS_FILE).write_text(json.dumps(trials))  # as the Tuner writes them, best first
+  monkeypatch.setattr(console.lineage, 'latest_artifacts',
+                      lambda config, node_id, key, direction: [types.SimpleNamespace(uri=str(tmp_path))])
+  assert console.outcome(None, 'Tuner') == ('best of 2 trials: alpha 16, learning_rate 0.003, embedding_learning_rate '
+                                            '-1.0, validation AUC 0.7123')

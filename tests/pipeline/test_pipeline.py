@@ -232,3 +232,31 @@ def test_the_fine_tune_recipe_reaches_the_fine_tune_trainer_alone(tmp_path):
   assert 'embedding_learning_rate' not in _config(tmp_path).trainer_config('finetune')  # cache keys as they were
   with pytest.raises(ValueError, match='finetune_embedding_learning_rate must be 0'):
     _config(tmp_path, finetune_embedding_learning_rate=-1.0)
+
+
+def test_tune_adds_a_tuner_on_the_pretrained_model_whose_best_the_finetune_trainer_takes(tmp_path):
+  components = {c.id: c for c in create_pipeline(_config(tmp_path, tune=True, tune_trials=3)).components}
+  tuner, finetune = components['Tuner'], components['FinetuneTrainer']
+  assert tuner.inputs['base_model'].producer_component_id == 'PretrainTrainer'
+  assert tuner.inputs['examples'].producer_component_id == 'Transform'
+  assert tuner.exec_properties['tuner_fn'] == 'models.tuning.tuner_fn'
+  assert json.loads(tuner.exec_properties['custom_config']) == json.loads(finetune.exec_properties['custom_config'])
+  assert json.loads(tuner.exec_properties['custom_config'])['tune_trials'] == 3
+  assert finetune.inputs['hyperparameters'].producer_component_id == 'Tuner'
+  assert finetune.inputs['hyperparameters'].output_key == 'best_hyperparameters'
+  untuned = {c.id: c for c in create_pipeline(_config(tmp_path)).components}
+  assert 'Tuner' not in untuned and 'hyperparameters' not in untuned['FinetuneTrainer'].inputs
+  assert 'tune_trials' not in json.loads(untuned['FinetuneTrainer'].exec_properties['custom_config'])
+
+
+def test_tune_flags_reach_the_config_and_tuning_is_off_by_default(tmp_path):
+  args = tfx_runner.build_parser().parse_args(['run', '--output-dir', str(tmp_path), '--rows', '50', '--tune',
+                                               '--tune-trials', '2'])
+  config = tfx_runner.config_from_args(args)
+  assert (config.tune, config.tune_trials) == (True, 2)
+  assert not _config(tmp_path).tune
+
+
+def test_tune_with_onboard_domains_names_both_fields(tmp_path):
+  with pytest.raises(ValueError, match='set tune or onboard_domains, not both'):
+    _config(tmp_path, tune=True, onboard_domains=('coupon',))
