@@ -127,24 +127,12 @@ def stage_of(method: str, config: PipelineConfig) -> str:
 
 def matched_hidden_units(config: PipelineConfig, tf_transform_output, target: int) -> List[int]:
   """The base's hidden units, all scaled by one factor, that bring the base model closest to `target`
-  parameters (bisection on the factor)."""
+  parameters (`model_lib.parameter_matched_units`)."""
   spec = config.feature_spec
   sizes = vocabulary_sizes(spec, tf_transform_output)
-
-  def units(scale):
-    return [max(1, round(u * scale)) for u in config.hidden_units]
-
-  def parameters(scale):
-    return model_lib.build_model(spec, sizes, units(scale), config.embedding_dim, backbone=config.backbone,
-                                 options={'calibrate': config.calibrate}).count_params()
-
-  low, high = 1.0, 2.0
-  while parameters(high) < target:
-    low, high = high, high * 2
-  for _ in range(12):
-    middle = (low + high) / 2
-    low, high = (middle, high) if parameters(middle) < target else (low, middle)
-  return units(high)
+  return model_lib.parameter_matched_units(
+      lambda units: model_lib.build_model(spec, sizes, units, config.embedding_dim, backbone=config.backbone,
+                                          options={'calibrate': config.calibrate}), config.hidden_units, target)
 
 
 def mlora_parameters(config: PipelineConfig, tf_transform_output) -> int:

@@ -161,6 +161,26 @@ def build_model(spec: FeatureSpec, vocab_sizes: Dict[str, int], hidden_units: Se
   return tf_keras.Model(inputs=inputs, outputs=probability, name=name)
 
 
+def parameter_matched_units(build: Callable[[Sequence[int]], tf_keras.Model], hidden_units: Sequence[int],
+                            target: int) -> list:
+  """`hidden_units`, every layer scaled by one factor, whose model `build(units)` has the parameter count
+  closest above `target`: the parameter-matched control of a method that adds `target` minus the backbone's
+  parameters (a wider backbone, with no per-domain weight)."""
+  def units(scale):
+    return [max(1, round(u * scale)) for u in hidden_units]
+
+  def parameters(scale):
+    return build(units(scale)).count_params()
+
+  low, high = 1.0, 2.0
+  while parameters(high) < target:
+    low, high = high, high * 2
+  for _ in range(8):  # bisection to 1/256 of the factor's bracket
+    middle = (low + high) / 2
+    low, high = (middle, high) if parameters(middle) < target else (low, middle)
+  return units(high)
+
+
 def load_backbone_weights(model: tf_keras.Model, pretrained: tf_keras.Model) -> None:
   """Copies every pretrained weight into the layer of the same name in `model`.
 

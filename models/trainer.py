@@ -47,6 +47,7 @@ MAX_IN_MEMORY_EXAMPLES = 2_000_000  # about 120 MB of parsed features for the de
 IN_MEMORY_READ_BATCH = 8192
 EPOCHS = 5  # the training steps are logged in this many chunks, each with its throughput
 PARAMETER_SERVER_STEPS_PER_EXECUTION = 10
+MATCH_PARAMETERS_OF = 'match_parameters_of'  # trainer config: the parameter-matched control's method
 
 
 def keras_model_path(model_artifact_dir: str) -> str:
@@ -413,13 +414,25 @@ def setup_stage(fn_args):
 def build_stage_model(config, spec, tf_transform_output, freeze_backbone: bool, source_tower=None):
   """The stage's model; with a `source_tower`, CTNet's: the same model beside it, adapters between them.
   The model's own settings (`model_lib.MODEL_OPTIONS`: embedding L2, domain dropout, calibration) come from
-  `config` when it has them, off otherwise."""
+  `config` when it has them, off otherwise. With `config[MATCH_PARAMETERS_OF]` (an adaptation), the hidden
+  layers are widened until the model has as many parameters as that adaptation's model would."""
   build = (functools.partial(model_lib.build_model, head=config.get('head')) if source_tower is None else
            functools.partial(ctnet.build_ctnet_model, tower=source_tower))
   model_options = {k: config[k] for k in model_lib.MODEL_OPTIONS if config.get(k) is not None}
-  return build(spec, vocabulary_sizes(spec, tf_transform_output), config['hidden_units'], config['embedding_dim'],
-               backbone=config['backbone'], adaptation=config['adaptation'], freeze_backbone=freeze_backbone,
-               options={**config['adaptation_options'], **config.get('head_options', {}), **model_options})
+  sizes = vocabulary_sizes(spec, tf_transform_output)
+
+  def build_with(hidden_units, adaptation=config['adaptation'], freeze=freeze_backbone):
+    return build(spec, sizes, hidden_units, config['embedding_dim'], backbone=config['backbone'], adaptation=adaptation,
+                 freeze_backbone=freeze, options={**config['adaptation_options'], **config.get('head_options', {}),
+                                                  **model_options})
+
+  if config.get(MATCH_PARAMETERS_OF):  # the parameter-matched control: as large as that method's model
+    target = build_with(config['hidden_units'], adaptation=config[MATCH_PARAMETERS_OF], freeze=True).count_params()
+    hidden_units = model_lib.parameter_matched_units(build_with, config['hidden_units'], target)
+    _LOG.info('parameter-matched to %s (%d parameters): hidden units %s', config[MATCH_PARAMETERS_OF], target,
+              hidden_units)
+    return build_with(hidden_units)
+  return build_with(config['hidden_units'])
 
 
 def _source_tower(config, spec, tf_transform_output):

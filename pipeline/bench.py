@@ -100,6 +100,8 @@ METHODS: Dict[str, Method] = {
     # ... and the control of the fine-tuned methods: the same stage without a method (frozen backbone,
     # embeddings trained), which tells what the methods add beyond the stage's extra training.
     'no_adapter': Method('+fine-tune, no adapter', 'finetune', 'none', baseline=BASELINE),
+    # ... and of their size: the base widened to the MLoRA model's parameter count (PARAMETER_MATCHED).
+    'param_matched': Method('parameter-matched base', 'pretrain', 'param_matched', baseline=BASELINE),
 }
 DEFAULT_METHODS = (BASELINE, 'mlora')
 SYNTHETIC, CIAO = 'synthetic', 'ciao'

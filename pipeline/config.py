@@ -35,6 +35,9 @@ BEAM_REQUIRED_ARGS: Dict[str, Tuple[str, ...]] = {
 
 # Continual runs: raw data arrives in span folders `span-1/`, `span-2/`, ... under the data root.
 SPAN_FOLDER = 'span-{SPAN}'  # ExampleGen's pattern; the newest span is ingested
+# The challenger that is the control of the fine-tune stage's size: the base with its hidden layers widened until
+# it has as many parameters as the fine-tune stage's model (adapters included), trained from scratch.
+PARAMETER_MATCHED = 'pretrain:param_matched'
 _SPAN_FOLDER_RE = re.compile(r'^span-(\d+)$')
 
 
@@ -151,7 +154,8 @@ class PipelineConfig:
   onboard_domains: Tuple[str, ...] = ()
   # Challengers: more Trainers in the same run, for comparing methods on the same data and backbone
   # (`tfx_runner.py bench`). Each is `stage:adaptation`: `pretrain:star` trains STAR end to end beside the
-  # pretrain stage, `finetune:pepnet` adds PEPNet to the pretrained backbone beside the fine-tune stage. Only
+  # pretrain stage, `finetune:pepnet` adds PEPNet to the pretrained backbone beside the fine-tune stage;
+  # `pretrain:param_matched` (PARAMETER_MATCHED) trains the base widened to the fine-tune model's size. Only
   # the fine-tune stage's model is evaluated, gated and pushed.
   challengers: Tuple[str, ...] = ()
   # Tuning (models/tuning.py): a TFX Tuner searches the fine-tune stage's alpha, learning rate and embedding
@@ -254,14 +258,14 @@ class PipelineConfig:
 
   def challenger_stages(self) -> List[Tuple[str, str]]:
     """The challengers as (stage, adaptation) pairs; ValueError for one not written `stage:adaptation` with
-    stage pretrain or finetune and a known adaptation."""
+    stage pretrain or finetune and a known adaptation, or `PARAMETER_MATCHED`."""
     from models.adaptation import ADAPTATIONS  # pylint: disable=g-import-not-at-top
     pairs = []
     for text in self.challengers:
       stage, _, adaptation = text.partition(':')
-      if stage not in ('pretrain', 'finetune') or adaptation not in ADAPTATIONS:
+      if stage not in ('pretrain', 'finetune') or adaptation not in ADAPTATIONS and text != PARAMETER_MATCHED:
         raise ValueError(f'challenger {text!r}: expected pretrain:ADAPTATION or finetune:ADAPTATION, ADAPTATION one '
-                         f'of {sorted(ADAPTATIONS)}.')
+                         f'of {sorted(ADAPTATIONS)}, or {PARAMETER_MATCHED}.')
       pairs.append((stage, adaptation))
     return pairs
 
@@ -313,7 +317,11 @@ class PipelineConfig:
     return os.path.join(self.output_dir, 'serving', self.model_name)
 
   def trainer_config(self, stage: str, adaptation: Optional[str] = None) -> dict:
-    """The `custom_config` a Trainer stage reads; `adaptation` replaces the stage's own (a challenger's)."""
+    """The `custom_config` a Trainer stage reads; `adaptation` replaces the stage's own (a challenger's). The
+    `PARAMETER_MATCHED` challenger is the base widened to the fine-tune stage's model size."""
+    if f'{stage}:{adaptation}' == PARAMETER_MATCHED:
+      from models.trainer import MATCH_PARAMETERS_OF  # pylint: disable=g-import-not-at-top  # imports TF
+      return {**self.trainer_config(stage, 'none'), MATCH_PARAMETERS_OF: self.adaptation}
     return {
         'feature_spec': self.feature_spec.to_dict(),
         'backbone': self.backbone,

@@ -1,7 +1,5 @@
 """The MLoRA recipe benchmark's settings, statistics and published tables (benchmarks/mlora_recipes.py), from
 hand-made results and tiny models. No model is trained."""
-import types
-
 import pytest
 
 from benchmarks import mlora_recipes
@@ -64,26 +62,6 @@ def test_the_joint_recipe_trains_mlora_in_the_pretrain_stage():
   joint = mlora_recipes.run_config(SPEC, 'mlora', 'joint', 'mlp', 0, {})
   assert mlora_recipes.stage_of('mlora', joint) == 'pretrain'
   assert mlora_recipes.stage_of('mlora', mlora_recipes.run_config(SPEC, 'mlora', 'authors', 'mlp', 0, {})) == 'finetune'
-
-
-def test_the_parameter_matched_base_reaches_the_mlora_models_size():
-  output = types.SimpleNamespace(vocabulary_size_by_name=lambda name: 20)
-  config = mlora_recipes.run_config(SPEC, 'mlora', 'project', 'mlp', 0, {'hidden_units': (16, 8),
-                                                                           'embedding_dim': 4})
-  target = mlora_recipes.mlora_parameters(config, output)
-  units = mlora_recipes.matched_hidden_units(config, output, target)
-  assert units[0] > 16 and units[0] / units[1] == pytest.approx(2, rel=0.2)
-  matched = mlora_recipes.model_lib.build_model(SPEC, {'item': 21, 'user': 50}, units, 4,
-                                                options={'calibrate': True}).count_params()
-  assert matched == pytest.approx(target, rel=0.05)
-
-
-def test_a_control_run_with_each_recipe_is_a_control_of_its_own():
-  controls = [_run('no_adapter', s, 0.73, 0.6, recipe=r) for s in range(3) for r in ('authors', 'joint')]
-  table = mlora_recipes.summarize(RESULTS[:3] + controls + RESULTS[6:])['ciao', 'mlp']
-  assert {'no_adapter/authors', 'no_adapter/joint'} <= set(table['methods'])
-  assert table['best_control'] == 'no_adapter/authors'
-  assert 'wauc_change' not in table['methods']['no_adapter/joint']
 
 
 def test_the_method_rows_alone_leave_the_domains_out():

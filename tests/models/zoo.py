@@ -66,10 +66,10 @@ def multitask_labels(n=64, seed=1) -> Dict[str, np.ndarray]:
 
 
 def build(backbone='mlp', adaptation='none', freeze_backbone=False, spec=SPEC, vocab_sizes=VOCAB_SIZES,
-          options=None, **kwargs) -> tf_keras.Model:
+          options=None, hidden_units=HIDDEN, **kwargs) -> tf_keras.Model:
   """A fresh, seeded model at the zoo's tiny shapes (`kwargs`: `head`, `wrap_adaptation`)."""
   tf_keras.utils.set_random_seed(0)
-  return model_lib.build_model(spec, vocab_sizes, HIDDEN, embedding_dim=EMBEDDING_DIM, backbone=backbone,
+  return model_lib.build_model(spec, vocab_sizes, hidden_units, embedding_dim=EMBEDDING_DIM, backbone=backbone,
                                adaptation=adaptation, freeze_backbone=freeze_backbone,
                                options=OPTIONS if options is None else options, **kwargs)
 

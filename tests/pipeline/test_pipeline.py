@@ -8,7 +8,7 @@ import pytest
 
 from data import synthetic
 from components.promotion_gate import GateRules
-from pipeline.config import PipelineConfig, input_format, input_splits
+from pipeline.config import PARAMETER_MATCHED, PipelineConfig, input_format, input_splits
 from pipeline.pipeline import create_pipeline, eval_config, promotion_settings
 import schemas
 import tfx_runner
@@ -70,6 +70,16 @@ def test_challengers_train_beside_the_stages_and_are_not_pushed(tmp_path):
   assert json.loads(separate.exec_properties['custom_config'])['adaptation'] == 'separate'
   assert json.loads(components['FinetuneTrainer'].exec_properties['custom_config'])['adaptation'] == 'mlora'
   assert components['Evaluator'].inputs['model'].producer_component_id == 'FinetuneTrainer'
+
+
+def test_the_parameter_matched_challenger_is_the_base_sized_as_the_finetune_model(tmp_path):
+  config = _config(tmp_path, challengers=(PARAMETER_MATCHED,), adaptation='star')
+  matched = {c.id: c for c in create_pipeline(config).components}['PretrainTrainer_param_matched']
+  custom = json.loads(matched.exec_properties['custom_config'])
+  assert matched.exec_properties['run_fn'] == 'models.trainer.pretrain_run_fn'
+  assert (custom['adaptation'], custom['match_parameters_of']) == ('none', 'star')
+  with pytest.raises(ValueError, match='param_matched'):
+    _config(tmp_path, challengers=('finetune:param_matched',)).challenger_stages()
 
 
 @pytest.mark.parametrize('challenger, message', [('finetune:lora', 'lora'), ('star', 'star'),
