@@ -1,5 +1,5 @@
 """The MLoRA recipe benchmark's settings, statistics and published tables (benchmarks/mlora_recipes.py), from
-hand-made results and tiny models. No model is trained."""
+hand-made results. No model is trained."""
 import pytest
 
 from benchmarks import mlora_recipes
