@@ -345,12 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
                           'synthetic (default movielens:gender,movielens:age)')
   bench.add_argument('--backbones', type=lambda text: text.split(','), default=sorted(BACKBONES),
                      help=f'comma-separated backbones (default {",".join(sorted(BACKBONES))})')
-  bench.add_argument('--methods', type=lambda text: text.split(','), default=['base', 'mlora'],
+  bench.add_argument('--methods', type=lambda text: text.split(','), default=['base', 'mlora', 'no_adapter',
+                                                                                'param_matched'],
                      help='comma-separated methods (pipeline/bench.py METHODS): base, mlora, star, adasparse, pepnet '
                           '(fine-tuned on the frozen backbone), star_e2e, adasparse_e2e, pepnet_e2e (trained end to '
                           'end), no_domain, separate (baselines), no_adapter (the fine-tune stage without a '
-                          'method: the control); all trained in one pipeline run per cell '
-                          '(default base,mlora)')
+                          'method) and param_matched (the base widened to the fine-tune model\'s size): the '
+                          'controls, in every grid by default; all trained in one pipeline run per cell '
+                          '(default base,mlora,no_adapter,param_matched)')
   bench.add_argument('--seeds', type=lambda text: [int(s) for s in text.split(',')], default=[0, 1, 2],
                      help='comma-separated training seeds (default 0,1,2)')
   bench.add_argument('--movielens-path', default=os.path.join(REPO_ROOT, '..', 'shared', 'datasets', 'ml-100k'),

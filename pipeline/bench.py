@@ -103,7 +103,7 @@ METHODS: Dict[str, Method] = {
     # ... and of their size: the base widened to the MLoRA model's parameter count (PARAMETER_MATCHED).
     'param_matched': Method('parameter-matched base', 'pretrain', 'param_matched', baseline=BASELINE),
 }
-DEFAULT_METHODS = (BASELINE, 'mlora')
+DEFAULT_METHODS = (BASELINE, 'mlora', 'no_adapter', 'param_matched')  # with both controls of the fine-tune
 SYNTHETIC, CIAO = 'synthetic', 'ciao'
 CLICK = 'click'
 LABELS = (CLICK, revenue.VALUE_LABEL)  # a dataset's training label
