@@ -194,9 +194,7 @@ def main(argv=None):
         results.append(result)
         print(summary_line(result), flush=True)
   print(format_report(results, args))
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'command': ' '.join(sys.argv), 'results': results}, f, indent=2)
+  in_process.write_json(args.json, {'command': ' '.join(sys.argv), 'results': results})
 
 
 def beats_constant(cell: dict) -> bool:

@@ -229,9 +229,7 @@ def main(argv=None):
   results = {'command': ' '.join(sys.argv), 'rows': args.rows, 'cvr_weight': args.cvr_weight, 'bound': bound,
              'bound_reason': reason, 'results': records}
   print(format_markdown(results))
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(results, f, indent=2)
+  in_process.write_json(args.json, results)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
@@ -109,6 +109,13 @@ def add_run_options(parser: argparse.ArgumentParser, work_dir: str, seeds: Seque
   parser.add_argument('--work-dir', default=work_dir,
                       help='transform graphs (reused by later runs) and models (default %(default)s)')
   parser.add_argument('--json', help='also write every figure to this file')
+
+
+def write_json(path: Optional[str], results: dict) -> None:
+  """A benchmark's `--json`: `results` (every figure, with the command) written to `path`, when one is given."""
+  if path:
+    with open(path, 'w') as f:
+      json.dump(results, f, indent=2)
 
 
 def log_trainer_epochs(verbose: bool) -> None:

@@ -369,9 +369,7 @@ def main(argv=None):
   if args.plot_dir:
     os.makedirs(args.plot_dir, exist_ok=True)
     print('\n'.join(plot_domains(summarize(results_file['results']), args.plot_dir)))
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(results_file, f, indent=2)
+  in_process.write_json(args.json, results_file)
 
 
 if __name__ == '__main__':

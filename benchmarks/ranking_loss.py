@@ -162,9 +162,7 @@ def main(argv=None):
               f'calibration {report["calibration"]:.3f} ({time.time() - start:.0f} s)', flush=True)
   results_file = {'command': ' '.join(['benchmarks/ranking_loss.py'] + sys.argv[1:]), 'results': results}
   print(format_markdown(results_file))
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(results_file, f, indent=2)
+  in_process.write_json(args.json, results_file)
 
 
 if __name__ == '__main__':

@@ -144,9 +144,7 @@ def main(argv=None):
       print(f'{model} seed {seed}: ' + ', '.join(f'revenue@{k} {results[-1]["scores"][f"revenue@{k}"]["all"]:.4f}'
                                                  for k in args.k), flush=True)
   print(format_table(results, args.k))
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'command': ' '.join(sys.argv), 'results': results}, f, indent=2)
+  in_process.write_json(args.json, {'command': ' '.join(sys.argv), 'results': results})
 
 
 if __name__ == '__main__':
