@@ -23,7 +23,8 @@ are reported). A pair whose truth does not confirm its kind is listed as unconfi
 The gate judges every pair as the pipeline's PromotionGate does: `components.promotion_gate.evaluate` and
 `decide` on the test split (which no model trains or selects on) with the pipeline's rules
 (`PipelineConfig().gate_rules()`). Goal: no truly worse candidate promoted, at least 90% of the truly
-better ones promoted.
+better ones promoted. A worse pair counts when the test split can show its drop (`resolvable`); the others
+are reported on a row of their own.
 
 In-process, without the pipeline: `synthetic.generate(rows, seed)` split 60/20/20 (train/eval/test, as the
 pipeline's 3:1:1 hash split), the project's `preprocessing_fn` analyzed on the clean train split by
@@ -520,10 +521,19 @@ def block_is_true(row: dict, rules: dict) -> Optional[bool]:
   return any(truths)
 
 
+def resolvable(row: dict) -> bool:
+  """Whether the test split can show a worse pair's drop: its domain decides and the true drop is at least
+  the half-width of the gate's interval of that domain's AUC difference. A drop that size is blocked about
+  half the time; a smaller one less often than that by any test at the gate's confidence."""
+  lower, upper = row['gate_domain_dauc'][1:]
+  return bool(row['domain_deciding']) and -row['true_domain_dauc'] >= (upper - lower) / 2
+
+
 def summarize(rows: Sequence[dict], rules: dict) -> List[dict]:
   """Table lines: per kind (worse: per corrupted domain, then all), the confirmed pairs, how many were
   promoted, blocked and blocked by a check the truth confirms (`block_is_true` under the gate's `rules`), and
-  the rules that decided; unconfirmed pairs on lines of their own."""
+  the rules that decided; worse pairs below the test split's resolution (`resolvable`) and unconfirmed pairs
+  on lines of their own."""
   def line(label, group):
     deciding = {}
     for r in group:
@@ -544,10 +554,14 @@ def summarize(rows: Sequence[dict], rules: dict) -> List[dict]:
   for kind in KINDS:
     group = [r for r in rows if r['kind'] == kind and r['confirmed']]
     if kind == 'worse':
+      unresolved = [r for r in group if not resolvable(r)]
+      group = [r for r in group if resolvable(r)]
       domains = sorted({r['domain'] for r in group}, key=DOMAINS.index)
       lines += [line(kind, [r for r in group if r['domain'] == d]) for d in domains]
       if len(domains) > 1:
         lines.append(line('worse, all domains', group))
+      if unresolved:
+        lines.append(line('worse, below the test split\'s resolution', unresolved))
     elif group:
       lines.append(line(kind, group))
   # Unconfirmed pairs, listed apart: their truth does not say which way the gate should go.
@@ -559,12 +573,16 @@ def summarize(rows: Sequence[dict], rules: dict) -> List[dict]:
 
 
 def goal(rows: Sequence[dict]) -> dict:
-  """The issue's goal on the confirmed pairs: no worse candidate promoted, >= 90% of the better ones."""
-  worse = [r for r in rows if r['kind'] == 'worse' and r['confirmed']]
+  """The issue's goal on the confirmed pairs: no worse candidate promoted among those the test split resolves
+  (the others are counted apart), >= 90% of the better ones promoted."""
+  confirmed_worse = [r for r in rows if r['kind'] == 'worse' and r['confirmed']]
+  worse = [r for r in confirmed_worse if resolvable(r)]
+  unresolved = [r for r in confirmed_worse if not resolvable(r)]
   better = [r for r in rows if r['kind'] == 'better' and r['confirmed']]
   worse_promoted = sum(r['promoted'] for r in worse)
   better_rate = sum(r['promoted'] for r in better) / len(better) if better else None
-  return {'worse_promoted': worse_promoted, 'better_rate': better_rate,
+  return {'worse_promoted': worse_promoted, 'worse': len(worse), 'better_rate': better_rate,
+          'below_resolution': len(unresolved), 'below_resolution_promoted': sum(r['promoted'] for r in unresolved),
           'met': bool(worse and better and worse_promoted == 0 and better_rate >= 0.9)}
 
 
@@ -587,8 +605,13 @@ def format_markdown(results: dict) -> str:
             else f"{100 * outcome['better_rate']:.0f}% of the truly better promoted")
   rules = ', '.join(f'{k}={v}' for k, v in settings['rules'].items() if k != 'calibrated')
   worse = outcome['worse_promoted']
-  note = (f"Goal {'met' if outcome['met'] else 'not met'}: {worse} truly worse candidate{'' if worse == 1 else 's'} "
-          f"promoted, {better}. {len(rows)} pairs on `synthetic.generate({settings['rows']}, "
+  unresolved = (f" (below the test split's resolution: {outcome['below_resolution_promoted']} of "
+                f"{outcome['below_resolution']} promoted)" if outcome['below_resolution'] else '')
+  note = (f"Goal {'met' if outcome['met'] else 'not met'}: {worse} of {outcome['worse']} truly worse candidate"
+          f"{'' if outcome['worse'] == 1 else 's'} promoted{unresolved}, {better}. A worse pair is below the "
+          f"resolution when its true drop is smaller than the half-width of the gate's interval for its domain "
+          f"(any test at the gate's confidence blocks it less than half the time). "
+          f"{len(rows)} pairs on `synthetic.generate({settings['rows']}, "
           f"seed={settings['seed']})` (test split {settings['test_examples']} examples), {settings['steps']} "
           f"training steps; the pipeline's gate rules ({rules}). Blocked: by a significant check; (truly): the "
           f"truth confirms a blocking check (the slice's true change is beyond the gate's threshold).")
@@ -596,18 +619,20 @@ def format_markdown(results: dict) -> str:
 
 
 def what_if_markdown(rows: Sequence[dict], what_if: Sequence[str]) -> str:
-  """The promotion rate of every confirmed kind under the gate's rules and under each `--what-if` rules."""
+  """The promotion rate of every confirmed kind (worse: the pairs the test split resolves) under the gate's
+  rules and under each `--what-if` rules."""
   if not what_if:
     return ''
   verdicts = {'the gate\'s rules': lambda r: r['promoted'], **{
       text: (lambda r, text=text: r['what_if'][text]['promoted']) for text in what_if}}
-  kinds = [kind for kind in KINDS if any(r['kind'] == kind and r['confirmed'] for r in rows)]
+  counted = [r for r in rows if r['confirmed'] and (r['kind'] != 'worse' or resolvable(r))]
+  kinds = [kind for kind in KINDS if any(r['kind'] == kind for r in counted)]
   lines = ['| rules | ' + ' | '.join(f'{kind} promoted' for kind in kinds) + ' |',
            '|---|' + '---:|' * len(kinds)]
   for label, promoted in verdicts.items():
     cells = []
     for kind in kinds:
-      group = [r for r in rows if r['kind'] == kind and r['confirmed']]
+      group = [r for r in counted if r['kind'] == kind]
       cells.append(f'{sum(promoted(r) for r in group)}/{len(group)}')
     lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
   return '\n\nWhat if (the same evaluations, decided with other tolerances):\n\n' + '\n'.join(lines)

@@ -14,12 +14,13 @@ HOME_FEED_AUC_BLOCK = 'home_feed: AUC 0.5 - 0.7 = -0.2000 [-0.21, -0.19] (99.69%
 
 
 def _row(kind, promoted, rule, confirmed=True, domain=None, examples=None, dwauc=0.0, domain_dauc=None,
-         blocks=(), true_domains=None):
+         blocks=(), true_domains=None, half_width=0.01, deciding=True):
   row = {'key': f'{kind}:{len(str(rule))}', 'kind': kind, 'promoted': promoted, 'rule': rule,
          'confirmed': confirmed, 'domain': domain, 'true_dwauc': dwauc, 'true_dlogloss': 0.0,
          'blocks': list(blocks), 'true_domains': true_domains or {}}
-  if domain:
-    row.update(domain_test_examples=examples, true_domain_dauc=domain_dauc)
+  if domain:  # the gate's estimate is the truth, with an interval of +- half_width
+    row.update(domain_test_examples=examples, true_domain_dauc=domain_dauc, domain_deciding=deciding,
+               gate_domain_dauc=[domain_dauc, domain_dauc - half_width, domain_dauc + half_width])
   return row
 
 
@@ -78,21 +79,42 @@ def test_the_table_gives_the_promotion_rate_per_kind_with_the_domain_sizes():
   assert (lines['equivalent']['blocked'], lines['equivalent']['truly_blocked']) == (0, 0)
   assert lines['better']['rules'] == {'not_worse_overall': 9, 'logloss_worse': 1}
   assert lines['worse, all domains']['test_examples'] == {'home_feed': 15972, 'new_user': 779}
-  assert gq.goal(rows) == {'worse_promoted': 0, 'better_rate': 0.9, 'met': True}  # the unconfirmed pair is out
+  assert gq.goal(rows) == {'worse_promoted': 0, 'worse': 3, 'better_rate': 0.9, 'below_resolution': 0,
+                           'below_resolution_promoted': 0, 'met': True}  # the unconfirmed pair is out
 
   table = gq.format_markdown({'settings': SETTINGS, 'pairs': rows})
   assert ('| better |  | WAUC +0.000 to +0.040 | 10 | 9 | 90% | 1 (1) | not_worse_overall (9), logloss_worse (1) |'
           in table)
   assert ('| worse | home_feed (15972) | domain AUC -0.180 | 2 | 0 | 0% | 2 (2) | domain_auc_worse (2) |\n'
           '| worse | new_user (779) | domain AUC -0.050 | 1 | 0 | 0% | 0 (0) | not_better_overall (1) |') in table
-  assert 'Goal met: 0 truly worse candidates promoted, 90% of the truly better promoted. 16 pairs' in table
+  assert 'Goal met: 0 of 3 truly worse candidates promoted, 90% of the truly better promoted. A worse' in table
   assert 'auc_tolerance=0.005' in table and 'calibrated' not in table
 
   promoted_worse = rows + [_row('worse', True, 'not_worse_overall', domain='coupon', examples=1934,
                                 domain_dauc=-0.02)]
   assert gq.goal(promoted_worse)['met'] is False
-  assert 'Goal not met: 1 truly worse candidate promoted' in gq.format_markdown(
+  assert 'Goal not met: 1 of 4 truly worse candidates promoted' in gq.format_markdown(
       {'settings': SETTINGS, 'pairs': promoted_worse})
+
+
+def test_a_worse_pair_counts_only_when_the_test_split_can_resolve_its_drop():
+  resolved = _row('worse', False, 'domain_auc_worse', domain='coupon', examples=1934, domain_dauc=-0.03,
+                  half_width=0.023)
+  below = _row('worse', True, 'not_worse_overall', domain='new_user', examples=779, domain_dauc=-0.012,
+               half_width=0.041)
+  not_deciding = _row('worse', False, 'not_better_overall', domain='new_user', examples=150, domain_dauc=-0.2,
+                      deciding=False)
+  assert gq.resolvable(resolved) and not gq.resolvable(below) and not gq.resolvable(not_deciding)
+  rows = [_row('better', True, 'not_worse_overall', dwauc=0.04), resolved, below, not_deciding]
+  outcome = gq.goal(rows)
+  assert (outcome['worse_promoted'], outcome['worse'], outcome['below_resolution'],
+          outcome['below_resolution_promoted'], outcome['met']) == (0, 1, 2, 1, True)
+  lines = {line['kind']: line for line in gq.summarize(rows, RULES)}
+  assert lines['worse']['pairs'] == 1 and lines['worse']['test_examples'] == {'coupon': 1934}
+  below_line = lines["worse, below the test split's resolution"]
+  assert (below_line['pairs'], below_line['promoted']) == (2, 1)
+  table = gq.format_markdown({'settings': SETTINGS, 'pairs': rows})
+  assert "0 of 1 truly worse candidate promoted (below the test split's resolution: 1 of 2 promoted)" in table
 
 
 def test_a_block_is_true_when_the_truth_is_beyond_the_gates_threshold():
