@@ -122,7 +122,7 @@ def fallback_check(labels, known, unknown, domains) -> dict:
   check = {'auc_known': metrics.auc(labels, known), 'auc_unknown': metrics.auc(labels, unknown),
            'wauc_known': metrics.wauc(labels, known, domains), 'wauc_unknown': metrics.wauc(labels, unknown, domains),
            'calibration_known': known.mean() / labels.mean(), 'calibration_unknown': unknown.mean() / labels.mean()}
-  for name in SPEC.domains:
+  for name in dict.fromkeys(domains):
     rows = domains == name
     check[f'{name}/auc_unknown'] = metrics.auc(labels[rows], unknown[rows])
     check[f'{name}/calibration_unknown'] = unknown[rows].mean() / labels[rows].mean()

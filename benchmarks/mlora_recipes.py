@@ -277,6 +277,7 @@ class Grid:
     self.dataset, self.args = dataset, args
     frame, self.spec, self.schema = load(dataset, source)
     splits, _ = random_split(frame, self.spec.domain, seed=0)
+    self.test = splits['test'][self.spec.raw_columns]
     self.examples = {name: in_process.serialize(part[self.spec.raw_columns]) for name, part in splits.items()}
     self.truth = {name: (part[self.spec.label].to_numpy(), part[self.spec.domain].astype(str).to_numpy())
                   for name, part in splits.items() if name != 'train'}

@@ -11,12 +11,13 @@ document beside the table):
                                        benchmarks/ranking_loss.py's (`ranking`), benchmarks/multitask.py's
                                        (`multitask`), benchmarks/constrained_objective.py's (`constraint`),
                                        benchmarks/reconstructed_objective.py's (`revenue`),
-                                       benchmarks/mlora_recipes.py's (`mlora`)
+                                       benchmarks/mlora_recipes.py's (`mlora`),
+                                       benchmarks/fallback_real_data.py's (`fallback`)
 
 In README.md and docs/*.md, each block between `<!-- generated: KIND NAME -->` and `<!-- end generated -->`
 is the rendering of that results file: `bench NAME` the WAUC tables of docs/benchmarks/NAME, `report NAME`,
 `simulate NAME` and each benchmark kind (`gate`, `calibration`, `ranking`, `multitask`, `constraint`,
-`revenue`, `mlora`) the tables of
+`revenue`, `mlora`, `fallback`) the tables of
 docs/results/NAME.json; `mlora-methods NAME` the method rows of an `mlora` file alone.
 """
 import importlib
@@ -67,7 +68,7 @@ RENDERERS: Dict[str, Callable[[str], str]] = {
     **{kind: _benchmark_tables(module) for kind, module in (
         ('gate', 'gate_quality'), ('calibration', 'calibration'), ('ranking', 'ranking_loss'),
         ('multitask', 'multitask'), ('constraint', 'constrained_objective'), ('revenue', 'reconstructed_objective'),
-        ('mlora', 'mlora_recipes'))},
+        ('mlora', 'mlora_recipes'), ('fallback', 'fallback_real_data'))},
     'mlora-methods': lambda name: importlib.import_module('benchmarks.mlora_recipes').format_markdown(
         _json(name), domains=False),
 }
