@@ -87,6 +87,9 @@ BEAM_RUNNER_HELP = ('Beam runner for the Beam components, with its arguments (pi
 
 DISTRIBUTION_HELP = ('the Trainers\' tf.distribute strategy (models/distribution.py): none (one process, the default), '
                      'mirrored (this machine\'s GPUs), multi_worker or parameter_server (the cluster from TF_CONFIG)')
+# A simulated day learns from the last three days: one 20k-row day alone is too little for a candidate that is
+# truly better than the production model trained before it.
+SIMULATE_TRAINING_SPANS = 3
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -194,6 +197,9 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
                       help='Beam pipeline argument, repeatable (default: in-memory DirectRunner)')
   parser.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
+  parser.add_argument('--training-spans', type=_positive(int), default=None,
+                      help='with span folders: learn from the newest N spans, a rolling window (the Evaluator and '
+                           'the gate judge the newest span alone; default 1 for run, 3 for simulate)')
   parser.add_argument('--transfer-source', metavar='PATH',
                       help='CTNet continual transfer: the source model, a Model artifact of this project or the '
                            '--output-dir of a source pipeline run (its latest blessed model, taken when the run '
@@ -302,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
   simulate.add_argument('--seed', type=int, default=0, help='seed for data generation and training (default 0)')
   _add_pipeline_options(simulate)
   # The days bring their data, and a daily run is not tuned.
-  simulate.set_defaults(schema=None, rows=None, onboard_domains=None, label='click', tune=None, tune_trials=None)
+  simulate.set_defaults(schema=None, rows=None, onboard_domains=None, label='click', tune=None, tune_trials=None,
+                        training_spans=SIMULATE_TRAINING_SPANS)
 
   prepare = commands.add_parser(
       'prepare', help='turn a public dataset into the pipeline\'s raw, domain-tagged input',
@@ -611,7 +618,7 @@ def config_from_args(args):
       'challengers': tuple(args.challenger) if args.challenger else None,
       'enable_cache': args.enable_cache,
       'tune': args.tune, 'tune_trials': args.tune_trials,
-      'distribution': args.distribution,
+      'distribution': args.distribution, 'training_spans': args.training_spans,
       'adaptation_options': dict(args.adaptation_option) if args.adaptation_option else None,
   }
   if args.onboard_domains and not os.path.isdir(os.path.join(output_dir, 'serving')):

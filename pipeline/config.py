@@ -143,6 +143,9 @@ class PipelineConfig:
   # Continual runs.
   spans: Optional[bool] = None  # None: whether data_path holds span folders
   warm_start: Optional[bool] = None  # None: as `spans`, or True with `transfer_source`
+  # With spans, Transform and the Trainers learn from the newest `training_spans` spans (a rolling window,
+  # TFX's SpanRangeStrategy over the ExampleGen's artifacts); the Evaluator and the gate judge the newest.
+  training_spans: int = 1
   # CTNet continual transfer (models/ctnet.py): the source model, as a Model artifact directory or the output
   # folder of a source pipeline run of this project (its latest blessed model, resolved when each run starts).
   # The pretrain stage becomes CTNet's target tower beside that model's frozen tower, warm-started from the
@@ -186,6 +189,9 @@ class PipelineConfig:
       self.spans = bool(span_numbers(self.data_path))
     if self.warm_start is None:
       self.warm_start = self.spans or bool(self.transfer_source)
+    if self.training_spans < 1 or (self.training_spans > 1 and not self.spans):
+      raise ValueError(f'training_spans {self.training_spans}: needs 1, or more with span folders in data_path '
+                       f'(span-1/, span-2/, ...).')
     from models import distribution  # pylint: disable=g-import-not-at-top  # imports TF
     distribution.check(self.distribution)
     if self.trainer_replicas > 1 and self.distribution != distribution.MULTI_WORKER:

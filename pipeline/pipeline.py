@@ -18,6 +18,7 @@ PREPROCESSING_FN = 'models.preprocessing.preprocessing_fn'
 STAGE_RUN_FNS = {'pretrain': 'models.trainer.pretrain_run_fn', 'finetune': 'models.trainer.finetune_run_fn'}
 TUNER_FN = 'models.tuning.tuner_fn'
 TUNER_ID = 'Tuner'
+TRAINING_SPANS_RESOLVER = 'TrainingSpansResolver'
 PREDICTION_KEY = 'ctr'
 VERTEX_MACHINE_TYPE = 'n1-standard-8'  # each Trainer replica's machine
 
@@ -128,8 +129,16 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
                                  statistics=statistics.outputs['statistics'], schema_hint=config.schema_path,
                                  labels=','.join(sorted(set(task_labels(config).values()))))
 
+  # A rolling window of spans to learn from: resolved when Transform runs, after this run's ExampleGen.
+  window = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
+      config={'range_config': tfx.proto.RangeConfig(
+          rolling_range=tfx.proto.RollingRange(num_spans=config.training_spans))},
+      examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples, producer_component_id=examples.id),
+  ).with_id(TRAINING_SPANS_RESOLVER) if config.training_spans > 1 else None
   transform = tfx.components.Transform(
-      examples=examples.outputs['examples'], schema=schema.outputs['schema'], preprocessing_fn=PREPROCESSING_FN,
+      examples=window.outputs['examples'] if window else examples.outputs['examples'],
+      schema=schema.outputs['schema'], preprocessing_fn=PREPROCESSING_FN,
       custom_config=config.transform_config(), disable_statistics=True)
   transform.add_upstream_node(anomalies_gate)  # no feature engineering, hence no training, on invalid data
 
@@ -194,7 +203,8 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
           filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)))
 
   components: List = [examples, statistics, schema, validator, anomalies_gate, transform, finetune, latest_blessed,
-                      evaluator, gate, pusher] + ([source] if source else []) + ([tuner] if tuner else []) + challengers
+                      evaluator, gate, pusher] + ([source] if source else []) + ([tuner] if tuner else []) + (
+                          [window] if window else []) + challengers
   if not config.onboard_domains:
     components.append(pretrain)
   return tfx.dsl.Pipeline(

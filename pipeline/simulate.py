@@ -15,7 +15,8 @@ items and hidden tastes every day), with two drifts:
 
 Each span is written as `DATA_ROOT/span-N/{train,eval,test}/data.csv`; the run is whatever `make_config(data
 root)` and `run_pipeline(config)` do (the `run` command's path), so the newest span is ingested, the
-backbone warm-started from the production model, and the candidate evaluated against it.
+backbone warm-started from the production model and trained on the config's `training_spans` newest spans,
+and the candidate evaluated against it on the newest span's test split.
 """
 import dataclasses
 import os

@@ -58,6 +58,34 @@ def test_span_folders_are_found_and_the_newest_is_read(tmp_path):
   assert components['PretrainTrainer'].inputs['base_model'].producer_component_id == 'LatestBlessedModelResolver'
 
 
+def test_training_spans_learn_from_a_rolling_window_and_the_newest_span_is_judged(tmp_path):
+  for day in (1, 2):
+    _write_span(tmp_path / 'data', day, synthetic.generate(100))
+  components = {c.id: c for c in create_pipeline(_config(tmp_path, training_spans=3)).components}
+  window = components['TrainingSpansResolver']
+  assert window.exec_properties['source_uri']['range_config'].rolling_range.num_spans == 3
+  assert components['Transform'].inputs['examples'].producer_component_id == 'TrainingSpansResolver'
+  for node in ('Evaluator', 'PromotionGate'):
+    assert components[node].inputs['examples'].producer_component_id == 'CsvExampleGen'
+  assert 'TrainingSpansResolver' not in {c.id for c in create_pipeline(_config(tmp_path)).components}
+
+
+def test_simulate_learns_from_three_days_and_run_from_one_unless_told(tmp_path):
+  parser = tfx_runner.build_parser()
+  assert parser.parse_args(['simulate', '--output-dir', str(tmp_path)]).training_spans == 3
+  assert parser.parse_args(['run', '--output-dir', str(tmp_path)]).training_spans is None
+  _write_span(tmp_path / 'data', 1, synthetic.generate(100))
+  args = parser.parse_args(['run', '--output-dir', str(tmp_path / 'out'), '--data-path', str(tmp_path / 'data'),
+                            '--training-spans', '4'])
+  assert tfx_runner.config_from_args(args).training_spans == 4
+
+
+def test_a_window_of_spans_needs_span_folders(tmp_path):
+  synthetic.write_csv(synthetic.generate(100), str(tmp_path / 'data'))
+  with pytest.raises(ValueError, match='training_spans 2: needs 1, or more with span folders'):
+    _config(tmp_path, training_spans=2)
+
+
 def test_without_spans_nothing_changes(tmp_path):
   synthetic.write_csv(synthetic.generate(100), str(tmp_path / 'data'))
   config = _config(tmp_path)
@@ -104,14 +132,14 @@ def first_span(request, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def days(first_span):
-  """Span 1 is blessed, its cache on; span 2's first run fails in the fine-tune stage (a killed run) and its
-  re-run finishes. The cache is on, and span 2 is validated against span 1's schema file, so its schema
-  import is span 1's, cached."""
+  """Span 1 is blessed, its cache on; span 2's first run, which learns from both spans, fails in the fine-tune
+  stage (a killed run) and its re-run finishes. The cache is on, and span 2 is validated against span 1's schema
+  file, so its schema import is span 1's, cached."""
   root, schema_path, first_model = first_span
   _write_span(root / 'data', 2, synthetic.generate(ROWS, seed=5))  # other logs of other users and items
   # Without the embedding L2 penalty, whose gradient reaches every row of a table: rows of users the span
   # does not hold then keep exactly what the warm start copied into them.
-  config = _config(root, enable_cache=True, schema_path=schema_path, embedding_l2=0.0)
+  config = _config(root, enable_cache=True, schema_path=schema_path, embedding_l2=0.0, training_spans=2)
   with pytest.MonkeyPatch.context() as patch:
     def killed(*args):
       raise RuntimeError('fine-tune killed')
@@ -137,6 +165,16 @@ def test_second_span_warm_starts_from_the_first_blessed_model(days):
   assert np.all(rows[0] == rows[1], axis=1).mean() > 0.9
   kernels = warm.get_layer('dense_0').kernel.numpy(), blessed.get_layer('dense_0').kernel.numpy()
   assert np.corrcoef(kernels[0].ravel(), kernels[1].ravel())[0, 1] > 0.5  # continued, not restarted
+
+
+@pytest.mark.e2e
+def test_the_second_span_learns_from_both_spans_and_is_judged_on_its_own(days):
+  def spans(node):
+    return sorted(a.custom_properties['span'].int_value  # TFX keeps the span as a custom property
+                  for a in lineage.latest_artifacts(days['config'], node, 'examples'))
+  assert spans('Transform') == [1, 2]
+  assert len(lineage.latest_artifacts(days['config'], 'PretrainTrainer', 'examples')) == 2  # both transformed
+  assert spans('PromotionGate') == spans('Evaluator') == [2]
 
 
 @pytest.mark.e2e
