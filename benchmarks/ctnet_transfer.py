@@ -32,6 +32,7 @@ import tensorflow_transform as tft  # noqa: E402
 import tf_keras  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
+from benchmarks.trainer_throughput import TFRecordAccessor  # noqa: E402
 from components.ctnet_transfer import resolve_source_model  # noqa: E402
 from data import synthetic  # noqa: E402
 from models import ctnet, metrics  # noqa: E402
@@ -44,14 +45,6 @@ from pipeline.report import latest_run_artifacts  # noqa: E402
 import schemas  # noqa: E402
 
 SPEC = synthetic.FEATURE_SPEC
-
-
-class _Accessor:
-  """The piece of TFX's DataAccessor that `input_fn` uses."""
-
-  @staticmethod
-  def tf_dataset_factory(file_pattern, options, schema):
-    return tfxio.TFExampleRecord(file_pattern, schema=schema).TensorFlowDataset(options)
 
 
 def write_data(output_dir: str, rows: int, seed: int, target: str) -> None:
@@ -93,11 +86,11 @@ def train_and_score(tower, examples_uri, tf_transform_output, args, seed: int) -
   else:
     model = ctnet.build_ctnet_model(SPEC, sizes, args.hidden_units, tower=tower)
   names = list(model.input.keys())
-  train = input_fn(os.path.join(examples_uri, 'Split-train', '*'), _Accessor, tf_transform_output, SPEC,
+  train = input_fn(os.path.join(examples_uri, 'Split-train', '*'), TFRecordAccessor, tf_transform_output, SPEC,
                    args.batch_size, seed, names)
   model.compile(tf_keras.optimizers.Adam(args.learning_rate), tf_keras.losses.BinaryCrossentropy())
   model.fit(train, epochs=1, steps_per_epoch=args.steps, verbose=0)
-  evaluation = _Accessor.tf_dataset_factory(
+  evaluation = TFRecordAccessor.tf_dataset_factory(
       os.path.join(examples_uri, 'Split-eval', '*'),
       tfxio.TensorFlowDatasetOptions(batch_size=4096, label_key=SPEC.label, num_epochs=1, shuffle=False),
       tf_transform_output.transformed_metadata.schema)

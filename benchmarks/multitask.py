@@ -40,7 +40,7 @@ import tf_keras  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
 import tfx_runner  # noqa: E402
-from benchmarks.trainer_throughput import _Accessor, _latest  # noqa: E402
+from benchmarks.trainer_throughput import TFRecordAccessor, _latest  # noqa: E402
 from data import synthetic  # noqa: E402
 from models import heads, metrics  # noqa: E402
 from models import model as model_lib  # noqa: E402
@@ -77,7 +77,7 @@ def transform_output(output_dir: str, rows: int):
 
 def read_split(files, tf_transform_output):
   """Every transformed example of a split once, as numpy columns."""
-  dataset = _Accessor.tf_dataset_factory(
+  dataset = TFRecordAccessor.tf_dataset_factory(
       files, tfxio.TensorFlowDatasetOptions(batch_size=8192, num_epochs=1, shuffle=False),
       tf_transform_output.transformed_metadata.schema)
   batches = list(dataset)
@@ -263,7 +263,7 @@ def main():
                         f'seeds {",".join(map(str, args.seeds))}',
              'records': []}
   for seed in args.seeds:  # the outer loop: an interrupted run still pairs every configuration on its seeds
-    dataset = input_fn(files['train'], _Accessor, tf_transform_output, SPEC, args.batch_size, seed,
+    dataset = input_fn(files['train'], TFRecordAccessor, tf_transform_output, SPEC, args.batch_size, seed,
                        list(model_lib.model_inputs(SPEC)), label_columns=heads.label_columns(SPEC))
     for head, balancing, surgery in itertools.product(args.heads, args.balancings, args.surgeries):
       start = time.time()

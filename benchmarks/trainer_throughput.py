@@ -33,7 +33,7 @@ def _latest(path):
   return os.path.join(path, max(os.listdir(path), key=int))
 
 
-class _Accessor:
+class TFRecordAccessor:
   """The piece of TFX's DataAccessor that `input_fn` uses."""
 
   @staticmethod
@@ -66,7 +66,7 @@ def main():
   feature_names = list(model_lib.model_inputs(synthetic.FEATURE_SPEC))
 
   def trainer_input(max_in_memory_examples):
-    return input_fn(files, _Accessor, tf_transform_output, synthetic.FEATURE_SPEC, args.batch_size, 0,
+    return input_fn(files, TFRecordAccessor, tf_transform_output, synthetic.FEATURE_SPEC, args.batch_size, 0,
                     feature_names, max_in_memory_examples)
 
   streamed = trainer_input(max_in_memory_examples=0)
