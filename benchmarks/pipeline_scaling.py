@@ -4,11 +4,12 @@ Generates the synthetic default data at each size (100k, 300k and 1M rows unless
 pipeline on it through `tfx_runner.py run` (the command a user runs; the Trainers' steps scaled to the rows as
 `simulate` scales them, so every size gets as many passes over its training split) and reads each component's
 wall time from the run's report (the metadata store's execution times). Prints one table, a row per component
-and a column per size, with the growth in seconds per 100k rows (least-squares slope over the sizes), and
-appends one line per size to `--results`.
+and a column per size (and Beam runner, with `--beam-runners`: the Beam components' runner, `run
+--beam-runner`), with the growth in seconds per 100k rows (least-squares slope over the sizes), and appends
+one line per run to `--results`.
 
     .venv/bin/python benchmarks/pipeline_scaling.py --work-dir /tmp/scaling [--rows 100000 300000 1000000] \
-        [--results docs/benchmarks/pipeline_scaling/results.jsonl]
+        [--beam-runners direct,direct-multiprocess] [--results docs/benchmarks/pipeline_scaling/results.jsonl]
 """
 import argparse
 import json
@@ -30,12 +31,15 @@ from pipeline.simulate import training_steps  # noqa: E402
 TOTAL = 'whole run'
 
 
-def run_size(rows: int, work_dir: str, seed: int) -> dict:
-  """One pipeline run on `rows` synthetic rows; {'rows', 'seconds': {component: s, TOTAL: s}, 'command'}."""
-  data_dir, output_dir = (os.path.join(work_dir, f'{rows}', part) for part in ('data', 'out'))
-  synthetic.write_csv(synthetic.generate(rows, seed=seed), data_dir)
+def run_size(rows: int, work_dir: str, seed: int, beam_runner: str = 'direct') -> dict:
+  """One pipeline run on `rows` synthetic rows with the Beam components on `beam_runner`; {'rows',
+  'beam_runner', 'seconds': {component: s, TOTAL: s}, 'command'}."""
+  data_dir = os.path.join(work_dir, f'{rows}', 'data')
+  output_dir = os.path.join(work_dir, f'{rows}', 'out' if beam_runner == 'direct' else f'out-{beam_runner}')
+  if not os.path.exists(os.path.join(data_dir, 'train')):
+    synthetic.write_csv(synthetic.generate(rows, seed=seed), data_dir)
   steps = training_steps(rows, None, None)
-  args = ['run', '--data-path', data_dir, '--output-dir', output_dir, '--seed', str(seed),
+  args = ['run', '--data-path', data_dir, '--output-dir', output_dir, '--seed', str(seed), '--beam-runner', beam_runner,
           '--pretrain-steps', str(steps['pretrain_steps']), '--finetune-steps', str(steps['finetune_steps'])]
   start = time.time()
   status = tfx_runner.main(args)
@@ -46,7 +50,7 @@ def run_size(rows: int, work_dir: str, seed: int) -> dict:
     report = json.load(f)
   seconds = {c['component']: round(c['seconds'], 1) for c in report['components']}
   seconds[TOTAL] = round(wall, 1)
-  return {'rows': rows, 'seconds': seconds, 'command': 'tfx_runner.py ' + ' '.join(args)}
+  return {'rows': rows, 'beam_runner': beam_runner, 'seconds': seconds, 'command': 'tfx_runner.py ' + ' '.join(args)}
 
 
 def per_100k(results: Sequence[dict], component: str) -> float:
@@ -62,8 +66,10 @@ def table(results: Sequence[dict]) -> str:
   components: List[str] = []
   for result in results:
     components += [c for c in result['seconds'] if c not in components and c != TOTAL]
-  growth = len(results) > 1
-  header = ['component'] + [f'{r["rows"]:,} rows (s)' for r in results] + (['s per 100k rows'] if growth else [])
+  growth = len({r['rows'] for r in results}) > 1
+  runners = len({r.get('beam_runner', 'direct') for r in results}) > 1
+  header = ['component'] + [f'{r["rows"]:,} rows' + (f', {r["beam_runner"]}' if runners else '') + ' (s)'
+                            for r in results] + (['s per 100k rows'] if growth else [])
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for component in components + [TOTAL]:
     cells = [component] + [f'{r["seconds"].get(component, 0.0):.1f}' for r in results]
@@ -77,19 +83,22 @@ def main(argv=None) -> Dict[int, dict]:
   parser.add_argument('--work-dir', required=True, help='where each size writes its data and its run')
   parser.add_argument('--rows', type=int, nargs='+', default=[100_000, 300_000, 1_000_000])
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--beam-runners', type=lambda t: t.split(','), default=['direct'],
+                      help='the Beam runners to run each size on, like direct,direct-multiprocess (default direct)')
   parser.add_argument('--results', help='a JSONL file to append one line per size to')
   args = parser.parse_args(argv)
   results = []
   for rows in sorted(args.rows):
-    print(f'[pipeline_scaling] {rows:,} rows ...', flush=True)
-    results.append(run_size(rows, args.work_dir, args.seed))
-    print(f'[pipeline_scaling] {rows:,} rows: {results[-1]["seconds"][TOTAL]:.0f} s', flush=True)
-    if args.results:
-      os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-      with open(args.results, 'a') as f:
-        f.write(json.dumps(results[-1]) + '\n')  # the components in run order
+    for runner in args.beam_runners:
+      print(f'[pipeline_scaling] {rows:,} rows, Beam {runner} ...', flush=True)
+      results.append(run_size(rows, args.work_dir, args.seed, runner))
+      print(f'[pipeline_scaling] {rows:,} rows, Beam {runner}: {results[-1]["seconds"][TOTAL]:.0f} s', flush=True)
+      if args.results:
+        os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+        with open(args.results, 'a') as f:
+          f.write(json.dumps(results[-1]) + '\n')  # the components in run order
   print(table(results))
-  return {r['rows']: r for r in results}
+  return {(r['rows'], r['beam_runner']): r for r in results}
 
 
 if __name__ == '__main__':

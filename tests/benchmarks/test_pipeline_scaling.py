@@ -28,3 +28,11 @@ def test_the_table_has_a_row_per_component_the_whole_run_last_and_a_missing_comp
 
 def test_one_size_has_no_growth_column():
   assert scaling.table([_result(100_000, 10.0)]).splitlines()[0] == '| component | 100,000 rows (s) |'
+
+
+def test_runs_of_one_size_on_two_runners_get_a_column_each_and_no_growth():
+  results = [{**_result(1_000_000, 100.0), 'beam_runner': 'direct'},
+             {**_result(1_000_000, 60.0), 'beam_runner': 'direct-multiprocess'}]
+  lines = scaling.table(results).splitlines()
+  assert lines[0] == '| component | 1,000,000 rows, direct (s) | 1,000,000 rows, direct-multiprocess (s) |'
+  assert lines[3] == '| Transform | 100.0 | 60.0 |'
