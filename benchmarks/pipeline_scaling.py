@@ -78,6 +78,11 @@ def table(results: Sequence[dict]) -> str:
   return '\n'.join(lines)
 
 
+def format_markdown(results_file: dict) -> str:
+  """The table of a results file ({'command', 'results': the runs}), with its command."""
+  return table(results_file['results']) + f"\n\nCommand: `{results_file['command']}`."
+
+
 def main(argv=None) -> Dict[int, dict]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--work-dir', required=True, help='where each size writes its data and its run')

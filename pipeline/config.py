@@ -10,12 +10,18 @@ from models.features import FeatureSpec
 DEFAULT_PIPELINE_NAME = 'mdctr'  # Kubeflow needs [a-z0-9][a-z0-9-]*: no underscores
 LOCAL_BEAM_ARGS = ('--direct_running_mode=in_memory', '--direct_num_workers=1')
 
+# A run without a Beam runner runs its Beam components in memory, or on a worker per CPU from this much input
+# on: `direct-multiprocess` ran the Beam components of a 1M-row run of the default data (47.6 MB of CSV) in 473 s
+# against 600 s in memory (benchmarks/pipeline_scaling.py, 2 CPUs), and was the slower one at 160k rows.
+MULTIPROCESS_MIN_INPUT_BYTES = 40 * 2 ** 20
+
 # Beam runners for the Beam-powered components (ExampleGen, StatisticsGen, Transform, Evaluator, ...), and the
 # arguments each adds to `beam_pipeline_args`. More (or overriding) arguments follow with `--beam-arg`.
 BEAM_RUNNER_ARGS: Dict[str, Tuple[str, ...]] = {
-    # In memory, one worker: tests and small local runs (the default).
+    # In memory, one worker: tests and small local runs (the default below MULTIPROCESS_MIN_INPUT_BYTES).
     'direct': LOCAL_BEAM_ARGS,
-    # One worker process per CPU: local runs on data that outgrows one core.
+    # One worker process per CPU: local runs on data that outgrows one core (the default from
+    # MULTIPROCESS_MIN_INPUT_BYTES on).
     'direct-multiprocess': ('--direct_running_mode=multi_processing', '--direct_num_workers=0'),
     # Google Cloud Dataflow, Runner v2. The workers run a custom SDK container holding this repository
     # (components/, models/), given with --sdk_container_image; the project, region and a gs:// temp location
@@ -139,7 +145,7 @@ class PipelineConfig:
   gate_min_examples: int = 200
   gate_min_positives: int = 20
   task_min_auc: Dict[str, float] = dataclasses.field(default_factory=dict)
-  beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: list(LOCAL_BEAM_ARGS))
+  beam_pipeline_args: Optional[List[str]] = None  # None: by the input's size (default_beam_args)
   # Continual runs.
   spans: Optional[bool] = None  # None: whether data_path holds span folders
   warm_start: Optional[bool] = None  # None: as `spans`, or True with `transfer_source`
@@ -189,6 +195,8 @@ class PipelineConfig:
       self.spans = bool(span_numbers(self.data_path))
     if self.warm_start is None:
       self.warm_start = self.spans or bool(self.transfer_source)
+    if self.beam_pipeline_args is None:
+      self.beam_pipeline_args = default_beam_args(self._input_folder() if os.path.isdir(self.data_path) else '')
     if self.training_spans < 1 or (self.training_spans > 1 and not self.spans):
       raise ValueError(f'training_spans {self.training_spans}: needs 1, or more with span folders in data_path '
                        f'(span-1/, span-2/, ...).')
@@ -407,6 +415,14 @@ def latest_span_path(data_path: str) -> str:
   if not spans:
     raise ValueError(f'No span folders (span-1/, span-2/, ...) in {data_path}.')
   return os.path.join(data_path, SPAN_FOLDER.replace('{SPAN}', str(spans[-1])))
+
+
+def default_beam_args(input_folder: str) -> List[str]:
+  """The Beam arguments of a run that names no runner: `direct` (in memory), or `direct-multiprocess` when the
+  files under `input_folder` (a local folder; anything else counts as empty) hold MULTIPROCESS_MIN_INPUT_BYTES
+  or more."""
+  size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(input_folder) for name in names)
+  return list(BEAM_RUNNER_ARGS['direct-multiprocess' if size >= MULTIPROCESS_MIN_INPUT_BYTES else 'direct'])
 
 
 def beam_pipeline_args(runner: Optional[str], extra: Optional[Sequence[str]] = None) -> Optional[List[str]]:

@@ -13,12 +13,13 @@ document beside the table):
                                        benchmarks/reconstructed_objective.py's (`revenue`),
                                        benchmarks/mlora_recipes.py's (`mlora`),
                                        benchmarks/fallback_real_data.py's (`fallback`),
-                                       benchmarks/input_memory.py's (`input`)
+                                       benchmarks/input_memory.py's (`input`),
+                                       benchmarks/pipeline_scaling.py's runs (`scaling`)
 
 In README.md and docs/*.md, each block between `<!-- generated: KIND NAME -->` and `<!-- end generated -->`
 is the rendering of that results file: `bench NAME` the WAUC tables of docs/benchmarks/NAME, `report NAME`,
 `simulate NAME` and each benchmark kind (`gate`, `calibration`, `ranking`, `multitask`, `constraint`,
-`revenue`, `mlora`, `fallback`, `input`) the tables of
+`revenue`, `mlora`, `fallback`, `input`, `scaling`) the tables of
 docs/results/NAME.json; `mlora-methods NAME` the method rows of an `mlora` file alone.
 """
 import importlib
@@ -69,7 +70,8 @@ RENDERERS: Dict[str, Callable[[str], str]] = {
     **{kind: _benchmark_tables(module) for kind, module in (
         ('gate', 'gate_quality'), ('calibration', 'calibration'), ('ranking', 'ranking_loss'),
         ('multitask', 'multitask'), ('constraint', 'constrained_objective'), ('revenue', 'reconstructed_objective'),
-        ('mlora', 'mlora_recipes'), ('fallback', 'fallback_real_data'), ('input', 'input_memory'))},
+        ('mlora', 'mlora_recipes'), ('fallback', 'fallback_real_data'), ('input', 'input_memory'),
+        ('scaling', 'pipeline_scaling'))},
     'mlora-methods': lambda name: importlib.import_module('benchmarks.mlora_recipes').format_markdown(
         _json(name), domains=False),
 }

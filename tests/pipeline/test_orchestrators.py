@@ -13,7 +13,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 import tfx_runner
 from data import synthetic
-from pipeline.config import BEAM_REQUIRED_ARGS, BEAM_RUNNER_ARGS, beam_pipeline_args
+from pipeline.config import (BEAM_REQUIRED_ARGS, BEAM_RUNNER_ARGS, MULTIPROCESS_MIN_INPUT_BYTES, PipelineConfig,
+                             beam_pipeline_args)
 from pipeline.orchestrators import compile_kubeflow, scheduled_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -155,6 +156,22 @@ def test_beam_args_compose_and_name_what_is_missing():
     beam_pipeline_args('dataflow')
   with pytest.raises(ValueError, match='Unknown Beam runner'):
     beam_pipeline_args('samza')
+
+
+def test_without_a_runner_the_input_size_picks_in_memory_or_a_worker_per_cpu(tmp_path):
+  def config(data):
+    return PipelineConfig(data_path=str(data), schema_path='', output_dir=str(tmp_path / 'out'),
+                          feature_spec=synthetic.FEATURE_SPEC)
+  synthetic.write_csv(synthetic.generate(100), str(tmp_path / 'small'))
+  assert config(tmp_path / 'small').beam_pipeline_args == list(BEAM_RUNNER_ARGS['direct'])
+  (tmp_path / 'large' / 'train').mkdir(parents=True)
+  with open(tmp_path / 'large' / 'train' / 'data.csv', 'wb') as f:
+    f.truncate(MULTIPROCESS_MIN_INPUT_BYTES)  # sparse: the size without the disk
+  assert config(tmp_path / 'large').beam_pipeline_args == list(BEAM_RUNNER_ARGS['direct-multiprocess'])
+  assert config(tmp_path / 'absent').beam_pipeline_args == list(BEAM_RUNNER_ARGS['direct'])  # e.g. a gs:// root
+  given = PipelineConfig(data_path=str(tmp_path / 'large'), schema_path='', output_dir='', beam_pipeline_args=['--x'],
+                         feature_spec=synthetic.FEATURE_SPEC)
+  assert given.beam_pipeline_args == ['--x']
 
 
 _DAGBAG_SCRIPT = '''
