@@ -90,9 +90,7 @@ def main(argv=None):
         print(f"{dataset} {backbone} seed {seed}: AUC known {check['auc_known']:.4f}, unseen domain "
               f"{check['auc_unknown']:.4f}; calibration {check['calibration_known']:.3f} / "
               f"{check['calibration_unknown']:.3f} ({result['seconds']:.0f} s)", flush=True)
-  results_file = {'command': ' '.join(['benchmarks/fallback_real_data.py'] + sys.argv[1:]), 'results': results}
-  print(format_markdown(results_file))
-  in_process.write_json(args.json, results_file)
+  in_process.publish('benchmarks/fallback_real_data.py', results, format_markdown, args.json)
 
 
 if __name__ == '__main__':

@@ -118,6 +118,15 @@ def write_json(path: Optional[str], results: dict) -> None:
       json.dump(results, f, indent=2)
 
 
+def publish(script: str, results: list, format_markdown, json_path: Optional[str]) -> dict:
+  """A benchmark's ending: its results file ({'command': the script's command line, 'results'}) printed as
+  `format_markdown` renders it and written to `json_path` (--json) when one is given."""
+  results_file = {'command': ' '.join([script] + sys.argv[1:]), 'results': results}
+  print(format_markdown(results_file))
+  write_json(json_path, results_file)
+  return results_file
+
+
 def log_trainer_epochs(verbose: bool) -> None:
   """A benchmark's `--verbose`: the Trainer's per-epoch training and validation figures go to stdout; else
   warnings alone."""

@@ -160,9 +160,7 @@ def main(argv=None):
                         'report': report})
         print(f'{dataset} {loss} seed {seed}: WAUC {report["wauc"]:.4f}, log loss {report["logloss"]:.4f}, '
               f'calibration {report["calibration"]:.3f} ({time.time() - start:.0f} s)', flush=True)
-  results_file = {'command': ' '.join(['benchmarks/ranking_loss.py'] + sys.argv[1:]), 'results': results}
-  print(format_markdown(results_file))
-  in_process.write_json(args.json, results_file)
+  in_process.publish('benchmarks/ranking_loss.py', results, format_markdown, args.json)
 
 
 if __name__ == '__main__':
