@@ -34,6 +34,7 @@ MODES = {'trainer': None, 'streamed': 0}  # mode: max_in_memory_examples (None: 
 def write_shard(work_dir: str) -> str:
   """The transform graph's folder under `work_dir`, with SHARD_ROWS transformed rows in `shard.gz` beside it
   (made once)."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from benchmarks import in_process  # pylint: disable=g-import-not-at-top
   from data import synthetic  # pylint: disable=g-import-not-at-top
@@ -46,7 +47,6 @@ def write_shard(work_dir: str) -> str:
     transform_config = PipelineConfig('', '', '', synthetic.FEATURE_SPEC).transform_config()
     output = in_process.analyze(raw, transform_config, os.path.join(work_dir, 'transform'))
     columns = in_process.transform(raw, output)
-    import pandas as pd  # pylint: disable=g-import-not-at-top
     records = in_process.serialize(pd.DataFrame({k: v.reshape(len(v)) for k, v in columns.items()}))
     with tf.io.TFRecordWriter(shard + '.tmp', options='GZIP') as writer:
       for record in records:
