@@ -82,7 +82,8 @@ def _non_negative(text):
 
 BEAM_RUNNER_HELP = ('Beam runner for the Beam components, with its arguments (pipeline/config.py BEAM_RUNNER_ARGS): '
                     'direct (in memory), direct-multiprocess (a worker per CPU), dataflow, flink, spark; further '
-                    '--beam-arg values follow them. Default: --beam-arg values alone, else direct')
+                    '--beam-arg values follow them. Default: --beam-arg values alone, else by the input\'s size: direct below '
+                    '40 MiB, direct-multiprocess from there (pipeline/config.py default_beam_args)')
 
 
 DISTRIBUTION_HELP = ('the Trainers\' tf.distribute strategy (models/distribution.py): none (one process, the default), '
@@ -195,7 +196,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--gate-min-positives', type=_positive(int), default=None,
                       help='promotion gate: positives (and negatives) a domain needs to decide alone (default 20)')
   parser.add_argument('--beam-arg', action='append', default=None, metavar='ARG',
-                      help='Beam pipeline argument, repeatable (default: in-memory DirectRunner)')
+                      help='Beam pipeline argument, repeatable (default: as --beam-runner says)')
   parser.add_argument('--beam-runner', choices=list(BEAM_RUNNER_ARGS), default=None, help=BEAM_RUNNER_HELP)
   parser.add_argument('--training-spans', type=_positive(int), default=None,
                       help='with span folders: learn from the newest N spans, a rolling window (the Evaluator and '

@@ -364,13 +364,11 @@ def main(argv=None):
             print(f'{dataset} {backbone} seed {seed} {method} {recipe}: eval WAUC {record["eval_wauc"]:.4f}, test WAUC '
                   f'{record["test"]["wauc"]:.4f}, best epoch {record["best_epoch"]} ({record["seconds"]:.0f} s)',
                   flush=True)
-  results_file = {'command': ' '.join(['benchmarks/mlora_recipes.py'] + sys.argv[1:]),
-                  'results': read_results(args.results)}
-  print(format_markdown(results_file))
+  results_file = in_process.publish('benchmarks/mlora_recipes.py', read_results(args.results), format_markdown,
+                                    args.json)
   if args.plot_dir:
     os.makedirs(args.plot_dir, exist_ok=True)
     print('\n'.join(plot_domains(summarize(results_file['results']), args.plot_dir)))
-  in_process.write_json(args.json, results_file)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,8 @@ read when Airflow parses this file. Settings come from the environment of the Ai
   MDCTR_DATA_ROOT     the data root receiving span-1/, span-2/, ... (default ~/mdctr/data)
   MDCTR_OUTPUT_DIR    pipeline root, metadata store and serving directory (default ~/mdctr/output)
   MDCTR_SCHEMA        the schema (default MDCTR_DATA_ROOT/schema.pbtxt)
-  MDCTR_BEAM_RUNNER   direct, direct-multiprocess, dataflow, flink or spark (default direct)
+  MDCTR_BEAM_RUNNER   direct, direct-multiprocess, dataflow, flink or spark (default: by the input's size, see
+                      pipeline/config.py default_beam_args)
 """
 import os
 import sys
