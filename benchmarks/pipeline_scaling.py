@@ -5,8 +5,8 @@ pipeline on it through `tfx_runner.py run` (the command a user runs; the Trainer
 `simulate` scales them, so every size gets as many passes over its training split) and reads each component's
 wall time from the run's report (the metadata store's execution times). Prints one table, a row per component
 and a column per size (and Beam runner, with `--beam-runners`: the Beam components' runner, `run
---beam-runner`), with the growth in seconds per 100k rows (least-squares slope over the sizes), and appends
-one line per run to `--results`.
+--beam-runner`), with the growth in seconds per 100k rows (least-squares slope over the sizes) and the test
+rows the Evaluator and the PromotionGate score per second, and appends one line per run to `--results`.
 
     .venv/bin/python benchmarks/pipeline_scaling.py --work-dir /tmp/scaling [--rows 100000 300000 1000000] \
         [--beam-runners direct,direct-multiprocess] [--results docs/benchmarks/pipeline_scaling/results.jsonl]
@@ -29,6 +29,7 @@ from data import synthetic  # noqa: E402
 from pipeline.simulate import training_steps  # noqa: E402
 
 TOTAL = 'whole run'
+SCORING = ('Evaluator', 'PromotionGate')  # the components that score the test split
 
 
 def run_size(rows: int, work_dir: str, seed: int, beam_runner: str = 'direct') -> dict:
@@ -50,7 +51,8 @@ def run_size(rows: int, work_dir: str, seed: int, beam_runner: str = 'direct') -
     report = json.load(f)
   seconds = {c['component']: round(c['seconds'], 1) for c in report['components']}
   seconds[TOTAL] = round(wall, 1)
-  return {'rows': rows, 'beam_runner': beam_runner, 'seconds': seconds, 'command': 'tfx_runner.py ' + ' '.join(args)}
+  return {'rows': rows, 'beam_runner': beam_runner, 'seconds': seconds,
+          'test_rows': sum(d['test_examples'] for d in report['domains']), 'command': 'tfx_runner.py ' + ' '.join(args)}
 
 
 def per_100k(results: Sequence[dict], component: str) -> float:
@@ -75,6 +77,11 @@ def table(results: Sequence[dict]) -> str:
     cells = [component] + [f'{r["seconds"].get(component, 0.0):.1f}' for r in results]
     cells += [f'{round(per_100k(results, component), 1) + 0.0:.1f}'] if growth else []  # + 0.0: no -0.0
     lines.append('| ' + ' | '.join(cells) + ' |')
+  for component in SCORING:
+    if all(r.get('test_rows') and r['seconds'].get(component) for r in results):
+      lines.append(f'| {component}: test rows scored per s | ' +
+                   ' | '.join(f'{r["test_rows"] / r["seconds"][component]:,.0f}' for r in results) +
+                   (' | |' if growth else ' |'))
   return '\n'.join(lines)
 
 

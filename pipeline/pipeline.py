@@ -62,14 +62,13 @@ def task_labels(config: PipelineConfig) -> dict:
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-  """TFMA's metrics of every model output, per domain slice and overall: AUC, WAUC, log loss, mean
-  prediction and label. Report only: the PromotionGate decides the blessing."""
+  """TFMA's metrics of every model output, per domain slice and overall: example count, mean label and
+  prediction, log loss, AUC and WAUC, from one combiner (components.domain_metrics). Report only: the
+  PromotionGate decides the blessing."""
   domain = config.feature_spec.domain
   tasks = task_labels(config)
-  metrics = [tfma.MetricConfig(class_name=name) for name in
-             ('ExampleCount', 'AUC', 'BinaryCrossentropy', 'MeanPrediction', 'MeanLabel')] + [
-                 tfma.MetricConfig(class_name='WeightedDomainAUC', module='components.wauc_metric',
-                                   config=json.dumps({'domain_key': domain}))]
+  metrics = [tfma.MetricConfig(class_name='DomainCTRMetrics', module='components.domain_metrics',
+                               config=json.dumps({'domain_key': domain}))]
   if config.head:
     model_spec = tfma.ModelSpec(signature_name='serving_default', model_type='tf_generic', label_keys=tasks,
                                 prediction_keys={t: t for t in tasks})

@@ -36,3 +36,10 @@ def test_runs_of_one_size_on_two_runners_get_a_column_each_and_no_growth():
   lines = scaling.table(results).splitlines()
   assert lines[0] == '| component | 1,000,000 rows, direct (s) | 1,000,000 rows, direct-multiprocess (s) |'
   assert lines[3] == '| Transform | 100.0 | 60.0 |'
+
+
+def test_the_scoring_components_get_their_test_rows_per_second_where_every_run_knows_them():
+  results = [{**_result(100_000, 10.0, evaluator=4.0), 'test_rows': 20_000},
+             {**_result(300_000, 30.0, evaluator=6.0), 'test_rows': 60_000}]
+  assert scaling.table(results).splitlines()[-1] == '| Evaluator: test rows scored per s | 5,000 | 10,000 | |'
+  assert 'scored' not in scaling.table([_result(100_000, 10.0, evaluator=4.0)])  # older results: no test_rows

@@ -136,8 +136,9 @@ def test_gate_settings_come_from_the_config_and_tfma_only_reports(tmp_path):
                                                      logloss_tolerance=0.003, min_domain_auc=0.6)
   tfma_config = eval_config(config)  # every metric per domain slice, no threshold: the gate blesses
   assert [s.feature_keys for s in tfma_config.slicing_specs] == [[], ['domain']]
-  assert {m.class_name for m in tfma_config.metrics_specs[0].metrics} >= {'AUC', 'WeightedDomainAUC',
-                                                                          'BinaryCrossentropy', 'MeanPrediction'}
+  assert [(m.class_name, m.module) for m in tfma_config.metrics_specs[0].metrics] == [
+      ('DomainCTRMetrics', 'components.domain_metrics')]
+  assert json.loads(tfma_config.metrics_specs[0].metrics[0].config) == {'domain_key': 'domain'}
   assert not any(m.HasField('threshold') for m in tfma_config.metrics_specs[0].metrics)
 
 
