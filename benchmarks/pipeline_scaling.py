@@ -70,7 +70,8 @@ def table(results: Sequence[dict]) -> str:
     components += [c for c in result['seconds'] if c not in components and c != TOTAL]
   growth = len({r['rows'] for r in results}) > 1
   runners = len({r.get('beam_runner', 'direct') for r in results}) > 1
-  header = ['component'] + [f'{r["rows"]:,} rows' + (f', {r["beam_runner"]}' if runners else '') + ' (s)'
+  header = ['component'] + [f'{r["rows"]:,} rows' + (f', {r["beam_runner"]}' if runners else '') +
+                            (f', {r["label"]}' if r.get('label') else '') + ' (s)'
                             for r in results] + (['s per 100k rows'] if growth else [])
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for component in components + [TOTAL]:
@@ -98,12 +99,13 @@ def main(argv=None) -> Dict[int, dict]:
   parser.add_argument('--beam-runners', type=lambda t: t.split(','), default=['direct'],
                       help='the Beam runners to run each size on, like direct,direct-multiprocess (default direct)')
   parser.add_argument('--results', help='a JSONL file to append one line per size to')
+  parser.add_argument('--label', help='a name for these runs in the table\'s header (like the commit measured)')
   args = parser.parse_args(argv)
   results = []
   for rows in sorted(args.rows):
     for runner in args.beam_runners:
       print(f'[pipeline_scaling] {rows:,} rows, Beam {runner} ...', flush=True)
-      results.append(run_size(rows, args.work_dir, args.seed, runner))
+      results.append({**run_size(rows, args.work_dir, args.seed, runner), **({'label': args.label} if args.label else {})})
       print(f'[pipeline_scaling] {rows:,} rows, Beam {runner}: {results[-1]["seconds"][TOTAL]:.0f} s', flush=True)
       if args.results:
         os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)

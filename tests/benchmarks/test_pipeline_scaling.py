@@ -43,3 +43,8 @@ def test_the_scoring_components_get_their_test_rows_per_second_where_every_run_k
              {**_result(300_000, 30.0, evaluator=6.0), 'test_rows': 60_000}]
   assert scaling.table(results).splitlines()[-1] == '| Evaluator: test rows scored per s | 5,000 | 10,000 | |'
   assert 'scored' not in scaling.table([_result(100_000, 10.0, evaluator=4.0)])  # older results: no test_rows
+
+
+def test_a_label_names_its_runs_in_the_header():
+  results = [{**_result(1_000_000, 100.0), 'label': 'before'}, {**_result(1_000_000, 60.0), 'label': 'after'}]
+  assert scaling.table(results).splitlines()[0] == '| component | 1,000,000 rows, before (s) | 1,000,000 rows, after (s) |'
