@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
+import tensorflow_model_analysis as tfma
 import tensorflow_transform as tft
 import tf_keras
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from components import anomalies_gate
+from components import anomalies_gate, domain_metrics
 from components.promotion_gate import PromotionGate, read_evaluation
 from data import revenue, synthetic
 from models import trainer
@@ -100,6 +101,23 @@ def test_pushed_model_answers_serialized_examples(shared_run):
   unknown_scores = serve(examples=runs.serialized_examples(unknown, columns))['ctr'].numpy()
   assert np.all(np.isfinite(unknown_scores))
 
+
+def test_tfma_evaluation_has_every_metric_per_domain_as_the_gate_measured_them(shared_run):
+  """The Evaluator's result, as TFMA's tools load it: every DomainCTRMetrics value overall and per domain, the
+  counts equal to the test rows, AUC and log loss within the histogram's resolution of the gate's exact ones."""
+  [evaluation] = lineage.latest_artifacts(shared_run.config(), 'Evaluator', 'evaluation', lineage.OUTPUT)
+  by_slice = {dict(key).get('domain'): {name: value['doubleValue'] for name, value in values[''][''].items()}
+              for key, values in tfma.load_eval_result(evaluation.uri).slicing_metrics}
+  report = shared_run.report
+  assert set(by_slice) == {None, *synthetic.FEATURE_SPEC.domains}
+  for row in report['domains']:
+    figures = by_slice[row['domain']]
+    assert set(figures) == set(domain_metrics.NAMES)
+    assert figures['example_count'] == row['test_examples']
+    assert figures['auc'] == pytest.approx(row['auc_finetune'], abs=2e-3)
+    assert figures['binary_crossentropy'] == pytest.approx(row['logloss'], abs=1e-3)
+  assert by_slice[None]['example_count'] == sum(row['test_examples'] for row in report['domains'])
+  assert by_slice[None]['wauc'] == pytest.approx(report['wauc_finetune'], abs=2e-3)
 
 # --- The gate: a worse model is not pushed -------------------------------------------------------------
 
