@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
@@ -32,9 +32,9 @@ TOTAL = 'whole run'
 SCORING = ('Evaluator', 'PromotionGate')  # the components that score the test split
 
 
-def run_size(rows: int, work_dir: str, seed: int, beam_runner: str = 'direct') -> dict:
+def run_size(rows: int, work_dir: str, seed: int, beam_runner: str = 'direct', label: Optional[str] = None) -> dict:
   """One pipeline run on `rows` synthetic rows with the Beam components on `beam_runner`; {'rows',
-  'beam_runner', 'seconds': {component: s, TOTAL: s}, 'command'}."""
+  'beam_runner', 'seconds': {component: s, TOTAL: s}, 'test_rows', 'command'}, and `label` when given."""
   data_dir = os.path.join(work_dir, f'{rows}', 'data')
   output_dir = os.path.join(work_dir, f'{rows}', 'out' if beam_runner == 'direct' else f'out-{beam_runner}')
   if not os.path.exists(os.path.join(data_dir, 'train')):
@@ -52,7 +52,8 @@ def run_size(rows: int, work_dir: str, seed: int, beam_runner: str = 'direct') -
   seconds = {c['component']: round(c['seconds'], 1) for c in report['components']}
   seconds[TOTAL] = round(wall, 1)
   return {'rows': rows, 'beam_runner': beam_runner, 'seconds': seconds,
-          'test_rows': sum(d['test_examples'] for d in report['domains']), 'command': 'tfx_runner.py ' + ' '.join(args)}
+          'test_rows': sum(d['test_examples'] for d in report['domains']), 'command': 'tfx_runner.py ' + ' '.join(args),
+          **({'label': label} if label else {})}
 
 
 def per_100k(results: Sequence[dict], component: str) -> float:
@@ -105,7 +106,7 @@ def main(argv=None) -> Dict[int, dict]:
   for rows in sorted(args.rows):
     for runner in args.beam_runners:
       print(f'[pipeline_scaling] {rows:,} rows, Beam {runner} ...', flush=True)
-      results.append({**run_size(rows, args.work_dir, args.seed, runner), **({'label': args.label} if args.label else {})})
+      results.append(run_size(rows, args.work_dir, args.seed, runner, args.label))
       print(f'[pipeline_scaling] {rows:,} rows, Beam {runner}: {results[-1]["seconds"][TOTAL]:.0f} s', flush=True)
       if args.results:
         os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)

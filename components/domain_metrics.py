@@ -88,7 +88,7 @@ class _Accumulator:
       setattr(self, slot, value)
 
   def bin(self) -> '_Accumulator':
-    """Moves the buffered rows into the per-domain histograms and sums."""
+    """Moves the buffered rows into the per-domain histograms (models.metrics.histograms) and sums."""
     if not self.labels:
       return self
     domains = np.asarray(self.domains, dtype=object)
@@ -97,20 +97,21 @@ class _Accumulator:
     weights = np.asarray(self.weights, dtype=np.float64)
     clipped = np.clip(predictions, _EPSILON, 1 - _EPSILON)
     losses = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
-    buckets = metrics.bucketize(predictions)
     for domain in dict.fromkeys(self.domains):
       rows = domains == domain
       w, y = weights[rows], labels[rows]
-      histogram = np.stack([np.bincount(buckets[rows], weights=w * y, minlength=metrics.N_BUCKETS),
-                            np.bincount(buckets[rows], weights=w * (1 - y), minlength=metrics.N_BUCKETS)])
-      sums = np.array([w.sum(), (w * y).sum(), (w * predictions[rows]).sum(), (w * losses[rows]).sum()])
-      if domain in self.histograms:
-        self.histograms[domain] += histogram
-        self.sums[domain] += sums
-      else:
-        self.histograms[domain], self.sums[domain] = histogram, sums
+      self.add(domain, np.stack(metrics.histograms(y, predictions[rows], w)),
+               np.array([w.sum(), (w * y).sum(), (w * predictions[rows]).sum(), (w * losses[rows]).sum()]))
     self.domains, self.labels, self.predictions, self.weights = [], [], [], []
     return self
+
+  def add(self, domain, histogram: np.ndarray, sums: np.ndarray) -> None:
+    """Adds a domain's binned histogram and sums to this accumulator's."""
+    if domain in self.histograms:
+      self.histograms[domain] += histogram
+      self.sums[domain] += sums
+    else:
+      self.histograms[domain], self.sums[domain] = histogram, sums
 
 
 class _DomainCTRCombiner(beam.CombineFn):
@@ -157,11 +158,7 @@ class _DomainCTRCombiner(beam.CombineFn):
     result = next(accumulators).bin()
     for accumulator in accumulators:
       for domain, histogram in accumulator.bin().histograms.items():
-        if domain in result.histograms:
-          result.histograms[domain] += histogram
-          result.sums[domain] += accumulator.sums[domain]
-        else:
-          result.histograms[domain], result.sums[domain] = histogram, accumulator.sums[domain]
+        result.add(domain, histogram, accumulator.sums[domain])
     return result
 
   def compact(self, accumulator: _Accumulator) -> _Accumulator:
