@@ -39,6 +39,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx.utils import path_utils
 from tfx_bsl.coders import example_coder
 
+from components import promotion_gate
 from data import revenue, synthetic
 from data.loaders import MOVIELENS_DOMAINS
 from data.prepare import prepare
@@ -54,7 +55,6 @@ from schemas import SCHEMA_FILE, load_schema
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFX_RUNNER = os.path.join(REPO_ROOT, 'tfx_runner.py')
 RESULTS_JSONL, RESULTS_MD, RESULTS_JSON = 'results.jsonl', 'results.md', 'results.json'
-SCORING_BATCH = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,9 +301,9 @@ def trained_models(run_dir: str, data_path: str, methods: Sequence[str]) -> Dict
 def score_model(model_uri: str, test: TestSplit) -> dict:
   """The model's `domain_report` on the test split, plus its training_stats.json (throughput, parameters)."""
   serving_path = path_utils.serving_model_path(model_uri)
-  serve = tf.saved_model.load(serving_path).signatures['serving_default']
-  batches = (test.examples[start:start + SCORING_BATCH] for start in range(0, len(test.examples), SCORING_BATCH))
-  predictions = np.concatenate([serve(examples=tf.constant(batch))['ctr'].numpy() for batch in batches])
+  batches = [tf.constant(test.examples[start:start + promotion_gate.SCORING_BATCH])
+             for start in range(0, len(test.examples), promotion_gate.SCORING_BATCH)]
+  predictions = promotion_gate.score(serving_path, batches)['ctr']
   with open(os.path.join(os.path.dirname(keras_model_path(serving_path)), TRAINING_STATS_FILE)) as f:
     training_stats = json.load(f)
   return {**metrics.domain_report(test.labels, predictions, test.domains, test.users), **training_stats}
