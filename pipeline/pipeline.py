@@ -9,6 +9,7 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from components.anomalies_gate import AnomaliesGate
+from components.csv_example_gen import CsvExampleGen
 from components.ctnet_transfer import CTNetTrainer, SourceModelResolver
 from components.promotion_gate import PromotionGate, gate_settings
 from models import heads
@@ -47,7 +48,7 @@ def example_gen(config: PipelineConfig):
     inputs = [example_gen_pb2.Input.Split(name='single_split', pattern=f'{prefix}{config.pool_pattern()}')]
     output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
         example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets) for name, buckets in SPLIT_BUCKETS]))
-  component = tfx.components.CsvExampleGen if data_format == 'csv' else tfx.components.ImportExampleGen
+  component = CsvExampleGen if data_format == 'csv' else tfx.components.ImportExampleGen
   return component(input_base=config.data_path, input_config=example_gen_pb2.Input(splits=inputs),
                    output_config=output_config)
 

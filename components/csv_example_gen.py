@@ -1,0 +1,157 @@
+"""CsvExampleGen with its rows converted a block at a time: the ExampleGen of CSV input.
+
+TFX's CsvExampleGen parses each CSV row, infers its cells' types and builds its tf.Example proto in Python, one
+row at a time: on a 1M-row input (47.6 MB, 2 CPUs) that took 173-177 s, a quarter of the whole run. This
+executor reads the same files with pyarrow's CSV reader in blocks of rows, and encodes each block's tf.Examples
+with tfx_bsl's C++ `RecordBatchToExamplesEncoder`. It keeps CsvExampleGen's contract:
+
+- the first line of every file is its header, and the files of a split share it;
+- a column's type follows from all its non-empty cells, by tfx_bsl's `csv_decoder` rule: int64 when every one
+  is an integer within int64's range, float when every one is a number, bytes otherwise. Cells of the plain
+  forms (`-12`, `3.5e-2`) are judged by pyarrow; a column with any other form (`+3`, `0x1f`, ` 7`) is judged
+  cell by cell by that rule, in Python;
+- an empty cell is a feature with an empty value list; a column with no value at all, a feature of no kind;
+- quoted values may hold commas and newlines; blank lines are skipped.
+
+The component is TFX's CsvExampleGen (its splits, spans and output artifact) with this executor.
+"""
+import functools
+from typing import Dict, Iterable, List
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+from tfx import v1 as tfx
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.dsl.components.base import executor_spec
+from tfx.dsl.io import fileio
+from tfx.types import standard_component_specs
+from tfx.utils import io_utils
+from tfx_bsl.coders import csv_decoder, example_coder
+
+ColumnType = csv_decoder.ColumnType
+BLOCK_BYTES = 4 * 2 ** 20  # about 90k rows of the default data: blocks for both workers, small in memory
+_INTEGER = r'^-?[0-9]+$'
+_NUMBER = r'^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$'
+_CAST = {ColumnType.INT: pa.int64(), ColumnType.FLOAT: pa.float64()}
+_PARSE = {ColumnType.INT: int, ColumnType.FLOAT: float}
+
+
+def read_blocks(path: str, column_names: List[str]) -> Iterable[pa.RecordBatch]:
+  """The rows of the CSV file at `path` (its first line, the header, skipped) in blocks of about
+  `BLOCK_BYTES`, every column as strings, an empty cell as null."""
+  strings = {name: pa.string() for name in column_names}
+  with beam.io.filesystems.FileSystems.open(path) as f:  # CsvExampleGen's reader: local, gs://, ...
+    try:
+      reader = pcsv.open_csv(
+          f, read_options=pcsv.ReadOptions(column_names=column_names, skip_rows=1, block_size=BLOCK_BYTES),
+          parse_options=pcsv.ParseOptions(newlines_in_values=True),
+          convert_options=pcsv.ConvertOptions(column_types=strings, null_values=[''], strings_can_be_null=True,
+                                              quoted_strings_can_be_null=True))
+      yield from reader
+    except pa.ArrowInvalid as e:
+      if 'Empty CSV file' in str(e):  # a header alone, or nothing: no rows
+        return
+      raise ValueError(f'Invalid CSV file {path}: {e}. Every row needs the {len(column_names)} columns of its header '
+                       f'({",".join(column_names)}); quote values that hold commas or newlines.') from e
+
+
+def column_type(cells: pa.Array) -> ColumnType:
+  """The type `cells` (strings, empty ones null) give their column, by tfx_bsl's `csv_decoder` rule."""
+  values = cells.drop_null()
+  if len(values) == 0:
+    return ColumnType.UNKNOWN
+  if pc.all(pc.match_substring_regex(values, _INTEGER)).as_py():
+    try:
+      pc.cast(values, pa.int64())
+      return ColumnType.INT
+    except pa.ArrowInvalid:  # beyond int64: the rule's STRING, judged below
+      pass
+  elif pc.all(pc.match_substring_regex(values, _NUMBER)).as_py():
+    return ColumnType.FLOAT
+  infer = csv_decoder._InferValueType  # pylint: disable=protected-access  # the rule itself, not a copy of it
+  return max(infer(value) for value in pc.unique(values).to_pylist())
+
+
+def block_types(block: pa.RecordBatch) -> Dict[str, ColumnType]:
+  """{column: the type its cells in `block` give it}."""
+  return {name: column_type(cells) for name, cells in zip(block.schema.names, block.columns)}
+
+
+class MergeColumnTypes(beam.CombineFn):
+  """Each column's type over all blocks: the widest of INT < FLOAT < STRING seen (UNKNOWN with no value)."""
+
+  def create_accumulator(self) -> Dict[str, ColumnType]:
+    return {}
+
+  def add_input(self, accumulator, types):
+    for name, kind in types.items():
+      accumulator[name] = max(kind, accumulator.get(name, ColumnType.UNKNOWN))
+    return accumulator
+
+  def merge_accumulators(self, accumulators):
+    return functools.reduce(self.add_input, accumulators, {})
+
+  def extract_output(self, accumulator):
+    return accumulator
+
+
+def typed_values(values: pa.Array, kind: ColumnType) -> pa.Array:
+  """`values` (non-null strings) as `kind`'s tf.Example value type: int64, float32 or bytes."""
+  if kind == ColumnType.STRING:
+    return values.cast(pa.binary())
+  try:
+    numbers = pc.cast(values, _CAST[kind])
+  except pa.ArrowInvalid:  # a form only Python parses (`+3`, ` 7`)
+    numbers = pa.array([_PARSE[kind](v) for v in values.to_pylist()], _CAST[kind])
+  return pc.cast(numbers, pa.float32(), safe=False) if kind == ColumnType.FLOAT else numbers
+
+
+def encode_block(block: pa.RecordBatch, types: Dict[str, ColumnType]) -> List[bytes]:
+  """The serialized tf.Examples of `block`'s rows, each column of its `types` type."""
+  columns = []
+  for name, cells in zip(block.schema.names, block.columns):
+    kind = types[name]
+    if kind == ColumnType.UNKNOWN:  # no value anywhere: a feature of no kind
+      columns.append(pa.nulls(len(cells), pa.list_(pa.binary())))
+      continue
+    offsets = np.concatenate([[0], np.cumsum(cells.is_valid().to_numpy(zero_copy_only=False), dtype=np.int32)])
+    columns.append(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), typed_values(cells.drop_null(), kind)))
+  return example_coder.RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(columns, block.schema.names))
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(bytes)
+def _CsvToExample(pipeline: beam.Pipeline, exec_properties: dict,  # pylint: disable=invalid-name
+                  split_pattern: str) -> beam.PCollection:
+  """The serialized tf.Examples of the CSV files matching `split_pattern` under the input base."""
+  pattern = f'{exec_properties[standard_component_specs.INPUT_BASE_KEY]}/{split_pattern}'
+  files = sorted(fileio.glob(pattern))
+  if not files:
+    raise RuntimeError(f'Split pattern {pattern} does not match any files.')
+  column_names = io_utils.load_csv_column_names(files[0])
+  for path in files[1:]:
+    if io_utils.load_csv_column_names(path) != column_names:
+      raise RuntimeError(f'Files in same split {pattern} have different header: {path} against {files[0]}.')
+  blocks = (pipeline
+            | 'CreateFilenames' >> beam.Create(files)
+            | 'ReadBlocks' >> beam.FlatMap(read_blocks, column_names))
+  types = (blocks
+           | 'BlockTypes' >> beam.Map(block_types)
+           | 'MergeColumnTypes' >> beam.CombineGlobally(MergeColumnTypes()))
+  return blocks | 'Encode' >> beam.FlatMap(encode_block, beam.pvalue.AsSingleton(types))
+
+
+class Executor(BaseExampleGenExecutor):
+  """ExampleGen's executor for CSV files, converting their rows a block at a time."""
+
+  def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+    return _CsvToExample
+
+
+class CsvExampleGen(tfx.components.CsvExampleGen):
+  """TFX's CsvExampleGen (spec, splits, spans, output) with the block-at-a-time `Executor`."""
+  EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)

@@ -1,0 +1,89 @@
+import glob
+import os
+
+import pytest
+import tensorflow as tf
+from tfx.components.example_gen.csv_example_gen import executor as tfx_csv_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
+
+from components import csv_example_gen
+
+# Each column tests a part of CsvExampleGen's contract: empty cells; ints and floats in their plain forms; forms
+# only Python's int() and float() read (judged cell by cell); hex and beyond-int64 integers (strings); quoted
+# commas, newlines and NA (strings), a quoted empty cell (empty); a column with no value at all.
+TRICKY = '''id,count,price,signed,hexish,big,text,empty
+1,3,1.5,+3,5,1,plain,
+2,,1e3, 4,0x10,99999999999999999999,"a, quoted ""comma""",
+3,-7,.5,-2,7,2,"two
+lines",
+
+4,0,nan,0,8,3,NA,
+6,1,2.5,1,3,5,"",
+'''
+
+
+def _run(executor_class, input_base: str, output_dir: str) -> list:
+  """The tf.Examples `executor_class` writes from the CSV files under `input_base` (one split), as sorted text."""
+  examples = standard_artifacts.Examples()
+  examples.uri = output_dir
+  exec_properties = {
+      'input_base': input_base,
+      'input_config': proto_utils.proto_to_json(example_gen_pb2.Input(
+          splits=[example_gen_pb2.Input.Split(name='train', pattern='*.csv')])),
+      'output_config': proto_utils.proto_to_json(example_gen_pb2.Output()),
+      'output_data_format': example_gen_pb2.FORMAT_TF_EXAMPLE,
+      'output_file_format': example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+  }
+  executor_class().Do({}, {'examples': [examples]}, exec_properties)
+  files = glob.glob(os.path.join(output_dir, 'Split-train', '*'))
+  records = tf.data.TFRecordDataset(files, compression_type='GZIP')
+  return sorted(str(tf.train.Example.FromString(r.numpy())) for r in records)
+
+
+def _write(folder, name: str, text: str) -> str:
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, name)
+  with open(path, 'w') as f:
+    f.write(text)
+  return str(folder)
+
+
+@pytest.mark.parametrize('block_bytes', [1 << 20, 64])  # one block; a block every row or two
+def test_the_examples_are_those_of_tfx_csv_example_gen(tmp_path, monkeypatch, block_bytes):
+  monkeypatch.setattr(csv_example_gen, 'BLOCK_BYTES', block_bytes)
+  data = _write(tmp_path / 'data', 'part-0.csv', TRICKY)
+  _write(tmp_path / 'data', 'part-1.csv', 'id,count,price,signed,hexish,big,text,empty\n5,9,2,1,9,4,x,\n')
+  ours = _run(csv_example_gen.Executor, data, str(tmp_path / 'ours'))
+  assert ours == _run(tfx_csv_executor.Executor, data, str(tmp_path / 'tfx'))
+  assert len(ours) == 6
+
+
+def test_column_types_follow_csv_decoders_rule(tmp_path):
+  path = os.path.join(_write(tmp_path, 'tricky.csv', TRICKY), 'tricky.csv')
+  [block] = csv_example_gen.read_blocks(path, TRICKY.splitlines()[0].split(','))
+  types = csv_example_gen.block_types(block)
+  kind = csv_example_gen.ColumnType
+  assert types == {'id': kind.INT, 'count': kind.INT, 'price': kind.FLOAT, 'signed': kind.INT,
+                   'hexish': kind.STRING, 'big': kind.STRING, 'text': kind.STRING, 'empty': kind.UNKNOWN}
+
+
+def test_types_merge_to_the_widest_over_blocks():
+  kind = csv_example_gen.ColumnType
+  merge = csv_example_gen.MergeColumnTypes()
+  merged = merge.merge_accumulators([
+      merge.add_input(merge.create_accumulator(), {'a': kind.INT, 'b': kind.UNKNOWN, 'c': kind.FLOAT}),
+      merge.add_input(merge.create_accumulator(), {'a': kind.FLOAT, 'b': kind.INT, 'c': kind.INT})])
+  assert merge.extract_output(merged) == {'a': kind.FLOAT, 'b': kind.INT, 'c': kind.FLOAT}
+
+
+def test_a_row_with_missing_cells_names_the_file_and_the_fix(tmp_path):
+  path = os.path.join(_write(tmp_path, 'bad.csv', 'a,b,c\n1,2,3\n4,5\n'), 'bad.csv')
+  with pytest.raises(ValueError, match=r'bad\.csv.*3 columns of its header \(a,b,c\)'):
+    list(csv_example_gen.read_blocks(path, ['a', 'b', 'c']))
+
+
+def test_a_header_without_rows_gives_no_examples(tmp_path):
+  path = os.path.join(_write(tmp_path, 'header.csv', 'a,b\n'), 'header.csv')
+  assert list(csv_example_gen.read_blocks(path, ['a', 'b'])) == []
