@@ -373,12 +373,18 @@ def fit_calibration(model: tf_keras.Model, calibration, evaluation, spec: Featur
   unknown-domain slot on the same examples scored as an unknown domain. `domains`: the domain indices to fit
   (onboarding's new domains; the other slots keep the production model's values), all by default."""
   logit_model = tf_keras.Model(model.input, calibration.input[0])
-  logits, unknown_logits, labels, slots = [], [], [], []
-  for features, label in evaluation:
+
+  @tf.function(autograph=False)  # one graph for all batches: called eagerly, Keras took 0.2 s a batch of 1,024
+  def score(features):
     unknown = {**features, DOMAIN_INDEX: tf.fill(tf.shape(features[DOMAIN_INDEX]),
                                                  tf.cast(spec.num_domains, features[DOMAIN_INDEX].dtype))}
-    logits.append(logit_model(features, training=False).numpy().ravel())
-    unknown_logits.append(logit_model(unknown, training=False).numpy().ravel())
+    return logit_model(features, training=False), logit_model(unknown, training=False)
+
+  logits, unknown_logits, labels, slots = [], [], [], []
+  for features, label in evaluation:
+    known, unknown = score(features)
+    logits.append(known.numpy().ravel())
+    unknown_logits.append(unknown.numpy().ravel())
     labels.append(label.numpy().ravel())
     slots.append(features[DOMAIN_INDEX].numpy().ravel())
   value = fit_domain_calibration(calibration, *map(np.concatenate, (logits, labels, slots, unknown_logits)),
