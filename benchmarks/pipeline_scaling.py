@@ -1,15 +1,17 @@
 """How the pipeline's wall time grows with its input: each component's seconds at several input sizes.
 
 Generates the synthetic default data at each size (100k, 300k and 1M rows unless told), runs the whole
-pipeline on it through `tfx_runner.py run` (the command a user runs; the Trainers' steps scaled to the rows as
-`simulate` scales them, so every size gets as many passes over its training split) and reads each component's
-wall time from the run's report (the metadata store's execution times). Prints one table, a row per component
-and a column per size (and Beam runner, with `--beam-runners`: the Beam components' runner, `run
---beam-runner`), with the growth in seconds per 100k rows (least-squares slope over the sizes) and the test
-rows the Evaluator and the PromotionGate score per second, and appends one line per run to `--results`.
+pipeline on it through `tfx_runner.py run` (the command a user runs; the Trainers' steps those given, else
+scaled to the rows as `simulate` scales them, so every size gets as many passes over its training split) and
+reads each component's wall time from the run's report (the metadata store's execution times). Prints one
+table, a row per component and a column per size (and Beam runner, with `--beam-runners`: the Beam
+components' runner, `run --beam-runner`), with the growth in seconds per 100k rows (least-squares slope over
+the sizes) and the test rows the Evaluator and the PromotionGate score per second, and appends one line per
+run to `--results`.
 
     .venv/bin/python benchmarks/pipeline_scaling.py --work-dir /tmp/scaling [--rows 100000 300000 1000000] \
-        [--beam-runners direct,direct-multiprocess] [--results docs/benchmarks/pipeline_scaling/results.jsonl]
+        [--beam-runners direct,direct-multiprocess] [--results docs/benchmarks/pipeline_scaling/results.jsonl] \
+        [--pretrain-steps 3000 --finetune-steps 1500]
 """
 import argparse
 import json
@@ -32,14 +34,16 @@ TOTAL = 'whole run'
 SCORING = ('Evaluator', 'PromotionGate')  # the components that score the test split
 
 
-def run_size(rows: int, work_dir: str, seed: int, beam_runner: str = 'direct', label: Optional[str] = None) -> dict:
-  """One pipeline run on `rows` synthetic rows with the Beam components on `beam_runner`; {'rows',
-  'beam_runner', 'seconds': {component: s, TOTAL: s}, 'test_rows', 'command'}, and `label` when given."""
+def run_size(rows: int, work_dir: str, seed: int, beam_runner: str = 'direct', label: Optional[str] = None,
+             pretrain_steps: Optional[int] = None, finetune_steps: Optional[int] = None) -> dict:
+  """One pipeline run on `rows` synthetic rows with the Beam components on `beam_runner` and the Trainers'
+  steps given (else scaled to the rows); {'rows', 'beam_runner', 'seconds': {component: s, TOTAL: s},
+  'test_rows', 'command'}, and `label` when given."""
   data_dir = os.path.join(work_dir, f'{rows}', 'data')
   output_dir = os.path.join(work_dir, f'{rows}', 'out' if beam_runner == 'direct' else f'out-{beam_runner}')
   if not os.path.exists(os.path.join(data_dir, 'train')):
     synthetic.write_csv(synthetic.generate(rows, seed=seed), data_dir)
-  steps = training_steps(rows, None, None)
+  steps = training_steps(rows, pretrain_steps, finetune_steps)
   args = ['run', '--data-path', data_dir, '--output-dir', output_dir, '--seed', str(seed), '--beam-runner', beam_runner,
           '--pretrain-steps', str(steps['pretrain_steps']), '--finetune-steps', str(steps['finetune_steps'])]
   start = time.time()
@@ -101,12 +105,15 @@ def main(argv=None) -> Dict[int, dict]:
                       help='the Beam runners to run each size on, like direct,direct-multiprocess (default direct)')
   parser.add_argument('--results', help='a JSONL file to append one line per size to')
   parser.add_argument('--label', help='a name for these runs in the table\'s header (like the commit measured)')
+  parser.add_argument('--pretrain-steps', type=int, help='the pretrain Trainer\'s steps (default: scaled to the rows)')
+  parser.add_argument('--finetune-steps', type=int, help='the fine-tune Trainer\'s steps (default: scaled to the rows)')
   args = parser.parse_args(argv)
   results = []
   for rows in sorted(args.rows):
     for runner in args.beam_runners:
       print(f'[pipeline_scaling] {rows:,} rows, Beam {runner} ...', flush=True)
-      results.append(run_size(rows, args.work_dir, args.seed, runner, args.label))
+      results.append(run_size(rows, args.work_dir, args.seed, runner, args.label, args.pretrain_steps,
+                              args.finetune_steps))
       print(f'[pipeline_scaling] {rows:,} rows, Beam {runner}: {results[-1]["seconds"][TOTAL]:.0f} s', flush=True)
       if args.results:
         os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
