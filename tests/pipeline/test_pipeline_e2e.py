@@ -27,6 +27,7 @@ from pipeline.config import LOCAL_BEAM_ARGS, PipelineConfig
 from pipeline.pipeline import example_gen, promotion_settings, trainer_id
 import schemas
 from tests import runs
+import tfx_runner
 
 pytestmark = pytest.mark.e2e
 
@@ -156,12 +157,13 @@ def _gate_and_push(shared_run, candidate_uri: str, root: str) -> dict:
       model=candidate.outputs['result'], model_blessing=gate.outputs['blessing'],
       push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
           base_directory=serving)))
-  tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
-      pipeline_name='gate-check', pipeline_root=os.path.join(root, 'pipeline_root'),
-      components=[examples_node, schema_node, candidate, baseline, gate, pusher],
-      beam_pipeline_args=list(LOCAL_BEAM_ARGS),
-      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-          os.path.join(root, 'metadata.db'))))
+  with tfx_runner.run_temp_dir():
+    tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+        pipeline_name='gate-check', pipeline_root=os.path.join(root, 'pipeline_root'),
+        components=[examples_node, schema_node, candidate, baseline, gate, pusher],
+        beam_pipeline_args=list(LOCAL_BEAM_ARGS),
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            os.path.join(root, 'metadata.db'))))
   [blessing] = glob.glob(os.path.join(root, 'pipeline_root', 'PromotionGate', 'blessing', '*'))
   evaluation = read_evaluation(blessing)
   assert os.path.exists(os.path.join(blessing, 'BLESSED' if evaluation['blessed'] else 'NOT_BLESSED'))
@@ -284,10 +286,12 @@ def test_the_flat_layout_reads_only_the_data_file(tmp_path):
   _write_flat_layout(data_dir)
   config = PipelineConfig(data_path=str(data_dir), schema_path=schemas.DEFAULT_SCHEMA_PATH,
                           output_dir=str(tmp_path / 'out'), feature_spec=synthetic.FEATURE_SPEC)
-  tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
-      pipeline_name='flat-layout', pipeline_root=config.pipeline_root, components=[example_gen(config)],
-      beam_pipeline_args=list(LOCAL_BEAM_ARGS),
-      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+  with tfx_runner.run_temp_dir():
+    tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+        pipeline_name='flat-layout', pipeline_root=config.pipeline_root, components=[example_gen(config)],
+        beam_pipeline_args=list(LOCAL_BEAM_ARGS),
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path)))
   examples = glob.glob(os.path.join(config.pipeline_root, 'CsvExampleGen', 'examples', '*', 'Split-*', '*'))
   rows = sum(1 for _ in tf.data.TFRecordDataset(examples, compression_type='GZIP'))
   assert {os.path.basename(os.path.dirname(path)) for path in examples} == {'Split-train', 'Split-eval', 'Split-test'}
