@@ -97,3 +97,13 @@ def test_embedding_l2_and_domain_dropout_act_in_training_only():
   features = zoo.features(seed=4)
   np.testing.assert_array_equal(regularized(features, training=False).numpy(), plain(features).numpy())
   assert not np.allclose(regularized(features, training=True).numpy(), plain(features, training=True).numpy())
+
+
+def test_autograph_leaves_tf_keras_code_alone_and_converts_the_models_own_layers():
+  from tensorflow.python.autograph.impl import conversion  # pylint: disable=g-import-not-at-top
+  assert conversion.is_allowlisted(tf_keras.Model.test_step)
+  assert conversion.is_allowlisted(tf_keras.metrics.AUC.update_state)
+  assert not conversion.is_allowlisted(DomainLoRADense.call)
+  model_lib.skip_autograph_for_tf_keras()  # twice: one rule
+  from tensorflow.python.autograph.core import config  # pylint: disable=g-import-not-at-top
+  assert sum(str(r) == 'DoNotConvert rule for tf_keras' for r in config.CONVERSION_RULES) == 1
