@@ -13,10 +13,17 @@ with tfx_bsl's C++ `RecordBatchToExamplesEncoder`. It keeps CsvExampleGen's cont
 - an empty cell is a feature with an empty value list; a column with no value at all, a feature of no kind;
 - quoted values may hold commas and newlines; blank lines are skipped.
 
+Each block's examples go to their splits by TFX's hash split rule and are written a block at a time: TFX's
+ExampleGen reshuffles every single record on the way to its files, which took 17.7 s of the 76.9 s this executor
+spent on 1M rows; blocks are reshuffled instead, so that both workers write.
+
 The component is TFX's CsvExampleGen (its splits, spans and output artifact) with this executor.
 """
+import collections
 import functools
-from typing import Dict, Iterable, List
+import itertools
+import os
+from typing import Dict, Iterable, List, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -24,11 +31,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 from tfx import v1 as tfx
-from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.components.example_gen import utils, write_split
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor, _PartitionFn
+from tfx.components.util import examples_utils
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
-from tfx.types import standard_component_specs
-from tfx.utils import io_utils
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
+from tfx.types.standard_component_specs import (EXAMPLES_KEY, INPUT_BASE_KEY, INPUT_CONFIG_KEY, OUTPUT_CONFIG_KEY,
+                                               OUTPUT_DATA_FORMAT_KEY, OUTPUT_FILE_FORMAT_KEY)
+from tfx.utils import io_utils, proto_utils
 from tfx_bsl.coders import csv_decoder, example_coder
 
 ColumnType = csv_decoder.ColumnType
@@ -122,13 +134,22 @@ def encode_block(block: pa.RecordBatch, types: Dict[str, ColumnType]) -> List[by
   return example_coder.RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(columns, block.schema.names))
 
 
+def split_block(records: List[bytes], buckets: List[int],
+                split_config: example_gen_pb2.SplitConfig) -> List[Tuple[int, List[bytes]]]:
+  """`records` by output split, each to the split TFX's ExampleGen gives it (`_PartitionFn`, the rule itself: a
+  hash of the serialized example into `buckets`, the splits' cumulative bucket counts): [(split index, records)]."""
+  parts = collections.defaultdict(list)
+  for record in records:
+    parts[_PartitionFn(record, len(buckets), buckets, split_config)].append(record)
+  return sorted(parts.items())
+
+
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
-@beam.typehints.with_output_types(bytes)
-def _CsvToExample(pipeline: beam.Pipeline, exec_properties: dict,  # pylint: disable=invalid-name
-                  split_pattern: str) -> beam.PCollection:
-  """The serialized tf.Examples of the CSV files matching `split_pattern` under the input base."""
-  pattern = f'{exec_properties[standard_component_specs.INPUT_BASE_KEY]}/{split_pattern}'
+def _CsvToExampleBlocks(pipeline: beam.Pipeline, exec_properties: dict,  # pylint: disable=invalid-name
+                        split_pattern: str) -> beam.PCollection:
+  """The serialized tf.Examples of the CSV files matching `split_pattern` under the input base, a list per block."""
+  pattern = f'{exec_properties[INPUT_BASE_KEY]}/{split_pattern}'
   files = sorted(fileio.glob(pattern))
   if not files:
     raise RuntimeError(f'Split pattern {pattern} does not match any files.')
@@ -142,14 +163,70 @@ def _CsvToExample(pipeline: beam.Pipeline, exec_properties: dict,  # pylint: dis
   types = (blocks
            | 'BlockTypes' >> beam.Map(block_types)
            | 'MergeColumnTypes' >> beam.CombineGlobally(MergeColumnTypes()))
-  return blocks | 'Encode' >> beam.FlatMap(encode_block, beam.pvalue.AsSingleton(types))
+  return blocks | 'Encode' >> beam.Map(encode_block, beam.pvalue.AsSingleton(types))
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(bytes)
+def _CsvToExample(pipeline: beam.Pipeline, exec_properties: dict,  # pylint: disable=invalid-name
+                  split_pattern: str) -> beam.PCollection:
+  """The serialized tf.Examples of the CSV files matching `split_pattern` under the input base."""
+  return (pipeline
+          | 'Blocks' >> _CsvToExampleBlocks(exec_properties, split_pattern)
+          | 'Records' >> beam.FlatMap(lambda records: records))
+
+
+@beam.ptransform_fn
+def _WriteBlocks(blocks: beam.PCollection, split_uri: str) -> beam.pvalue.PDone:  # pylint: disable=invalid-name
+  """Writes the blocks of serialized examples to `split_uri` as gzipped TFRecord files, as TFX's WriteSplit names
+  them."""
+  return (blocks
+          | 'Shuffle' >> beam.Reshuffle()  # both workers write, whatever the number of input files
+          | 'Records' >> beam.FlatMap(lambda records: records)
+          | 'Write' >> beam.io.WriteToTFRecord(os.path.join(split_uri, write_split.DEFAULT_FILE_NAME),
+                                               file_name_suffix='.gz'))
 
 
 class Executor(BaseExampleGenExecutor):
-  """ExampleGen's executor for CSV files, converting their rows a block at a time."""
+  """ExampleGen's executor for CSV files, converting and writing their rows a block at a time."""
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
-    return _CsvToExample
+    return _CsvToExample  # TFX's contract (GenerateExamplesByBeam); `Do` writes blocks instead
+
+  def Do(self, input_dict, output_dict, exec_properties) -> None:
+    """Writes each split's examples, as TFX's ExampleGen does (the same files, split names and formats on the
+    artifact), a block at a time."""
+    self._log_startup(input_dict, output_dict, exec_properties)
+    input_config = proto_utils.json_to_proto(exec_properties[INPUT_CONFIG_KEY], example_gen_pb2.Input())
+    output_config = proto_utils.json_to_proto(exec_properties[OUTPUT_CONFIG_KEY], example_gen_pb2.Output())
+    file_format = exec_properties.get(OUTPUT_FILE_FORMAT_KEY, example_gen_pb2.FILE_FORMAT_UNSPECIFIED)
+    split_names = utils.generate_output_split_names(input_config, output_config)
+    examples = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
+    examples.split_names = artifact_utils.encode_split_names(split_names)
+    with self._make_beam_pipeline() as pipeline:
+      if output_config.split_config.splits:  # one input split, hashed into the output splits
+        if len(input_config.splits) != 1:
+          raise ValueError('A hash split of the output needs exactly one input split; got '
+                           f'{[s.name for s in input_config.splits]}.')
+        buckets = list(itertools.accumulate(s.hash_buckets for s in output_config.split_config.splits))
+        parts = (pipeline
+                 | 'InputToBlocks' >> _CsvToExampleBlocks(exec_properties, input_config.splits[0].pattern)
+                 | 'SplitBlocks' >> beam.FlatMap(split_block, buckets, output_config.split_config)
+                 | 'BySplit' >> beam.Partition(lambda part, _: part[0], len(buckets)))
+        blocks = {name: part | f'Blocks[{name}]' >> beam.Map(lambda index_records: index_records[1])
+                  for name, part in zip(split_names, parts)}
+      else:
+        blocks = {split.name: pipeline | f'InputToBlocks[{split.name}]' >> _CsvToExampleBlocks(exec_properties,
+                                                                                                split.pattern)
+                  for split in input_config.splits}
+      for name, split_blocks in blocks.items():
+        _ = split_blocks | f'WriteSplit[{name}]' >> _WriteBlocks(
+            artifact_utils.get_split_uri(output_dict[EXAMPLES_KEY], name))
+    if exec_properties.get(OUTPUT_DATA_FORMAT_KEY):
+      examples_utils.set_payload_format(examples, exec_properties[OUTPUT_DATA_FORMAT_KEY])
+    if file_format:
+      examples_utils.set_file_format(examples, write_split.to_file_format_str(file_format))
 
 
 class CsvExampleGen(tfx.components.CsvExampleGen):

@@ -3,9 +3,11 @@ import os
 
 import pytest
 import tensorflow as tf
+from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
 from tfx.components.example_gen.csv_example_gen import executor as tfx_csv_executor
 from tfx.proto import example_gen_pb2
-from tfx.types import standard_artifacts
+from tfx.components.util import examples_utils
+from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import proto_utils
 
 from components import csv_example_gen
@@ -24,22 +26,34 @@ lines",
 '''
 
 
-def _run(executor_class, input_base: str, output_dir: str) -> list:
-  """The tf.Examples `executor_class` writes from the CSV files under `input_base` (one split), as sorted text."""
+HASH_SPLIT = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+    example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets)
+    for name, buckets in (('train', 3), ('eval', 1), ('test', 1))]))
+
+
+def _run(executor_class, input_base: str, output_dir: str, output_config=example_gen_pb2.Output()) -> dict:
+  """{split: the tf.Examples `executor_class` writes into it, as sorted text} from the CSV files under
+  `input_base` (one input split, `train`, hashed into `output_config`'s splits when it has them), and the
+  artifact's split names and formats."""
   examples = standard_artifacts.Examples()
   examples.uri = output_dir
   exec_properties = {
       'input_base': input_base,
       'input_config': proto_utils.proto_to_json(example_gen_pb2.Input(
           splits=[example_gen_pb2.Input.Split(name='train', pattern='*.csv')])),
-      'output_config': proto_utils.proto_to_json(example_gen_pb2.Output()),
+      'output_config': proto_utils.proto_to_json(output_config),
       'output_data_format': example_gen_pb2.FORMAT_TF_EXAMPLE,
       'output_file_format': example_gen_pb2.FORMAT_TFRECORDS_GZIP,
   }
   executor_class().Do({}, {'examples': [examples]}, exec_properties)
-  files = glob.glob(os.path.join(output_dir, 'Split-train', '*'))
-  records = tf.data.TFRecordDataset(files, compression_type='GZIP')
-  return sorted(str(tf.train.Example.FromString(r.numpy())) for r in records)
+  splits = {}
+  for split in artifact_utils.decode_split_names(examples.split_names):
+    files = glob.glob(os.path.join(output_dir, f'Split-{split}', '*'))
+    assert files and all(f.endswith('.gz') for f in files)
+    records = tf.data.TFRecordDataset(files, compression_type='GZIP')
+    splits[split] = sorted(str(tf.train.Example.FromString(r.numpy())) for r in records)
+  return {'splits': splits, 'formats': (examples_utils.get_payload_format(examples),
+                                        examples_utils.get_file_format(examples))}
 
 
 def _write(folder, name: str, text: str) -> str:
@@ -57,7 +71,24 @@ def test_the_examples_are_those_of_tfx_csv_example_gen(tmp_path, monkeypatch, bl
   _write(tmp_path / 'data', 'part-1.csv', 'id,count,price,signed,hexish,big,text,empty\n5,9,2,1,9,4,x,\n')
   ours = _run(csv_example_gen.Executor, data, str(tmp_path / 'ours'))
   assert ours == _run(tfx_csv_executor.Executor, data, str(tmp_path / 'tfx'))
-  assert len(ours) == 6
+  assert len(ours['splits']['train']) == 6
+
+
+def test_the_hash_split_sends_each_example_where_tfx_split_rule_does(tmp_path, monkeypatch):
+  monkeypatch.setattr(csv_example_gen, 'BLOCK_BYTES', 256)  # several blocks, each hashed into every split
+  rows = ''.join(f'{i},{i % 7},user_{i}\n' for i in range(300))
+  data = _write(tmp_path / 'data', 'part-0.csv', 'id,count,user\n' + rows)
+  ours = _run(csv_example_gen.Executor, data, str(tmp_path / 'ours'), HASH_SPLIT)
+  # The same examples as TFX's executor writes, unsplit; each in the split TFX's rule (a hash of the record) gives.
+  unsplit = _run(tfx_csv_executor.Executor, data, str(tmp_path / 'tfx'))['splits']['train']
+  assert sorted(sum(ours['splits'].values(), [])) == unsplit
+  assert list(ours['splits']) == ['train', 'eval', 'test']
+  buckets = [3, 4, 5]
+  for index, split in enumerate(ours['splits']):
+    files = glob.glob(str(tmp_path / 'ours' / f'Split-{split}' / '*'))
+    records = tf.data.TFRecordDataset(files, compression_type='GZIP')
+    assert {_PartitionFn(r.numpy(), 3, buckets, HASH_SPLIT.split_config) for r in records} == {index}
+  assert [len(ours['splits'][s]) for s in ('train', 'eval', 'test')] == pytest.approx([180, 60, 60], abs=25)
 
 
 def test_column_types_follow_csv_decoders_rule(tmp_path):
