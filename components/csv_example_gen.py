@@ -3,7 +3,8 @@
 TFX's CsvExampleGen parses each CSV row, infers its cells' types and builds its tf.Example proto in Python, one
 row at a time: on a 1M-row input (47.6 MB, 2 CPUs) that took 173-177 s, a quarter of the whole run. This
 executor reads the same files with pyarrow's CSV reader in blocks of rows, and encodes each block's tf.Examples
-with tfx_bsl's C++ `RecordBatchToExamplesEncoder`. It keeps CsvExampleGen's contract:
+with tfx_bsl's C++ `RecordBatchToExamplesEncoder` (`components/csv_blocks.py`, what the Beam workers run). It
+keeps CsvExampleGen's contract:
 
 - the first line of every file is its header, and the files of a split share it;
 - a column's type follows from all its non-empty cells, by tfx_bsl's `csv_decoder` rule: int64 when every one
@@ -19,20 +20,13 @@ spent on 1M rows; blocks are reshuffled instead, so that both workers write.
 
 The component is TFX's CsvExampleGen (its splits, spans and output artifact) with this executor.
 """
-import collections
-import functools
 import itertools
 import os
-from typing import Dict, Iterable, List, Tuple
 
 import apache_beam as beam
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 from tfx import v1 as tfx
 from tfx.components.example_gen import utils, write_split
-from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor, _PartitionFn
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.util import examples_utils
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
@@ -41,107 +35,9 @@ from tfx.types import artifact_utils
 from tfx.types.standard_component_specs import (EXAMPLES_KEY, INPUT_BASE_KEY, INPUT_CONFIG_KEY, OUTPUT_CONFIG_KEY,
                                                OUTPUT_DATA_FORMAT_KEY, OUTPUT_FILE_FORMAT_KEY)
 from tfx.utils import io_utils, proto_utils
-from tfx_bsl.coders import csv_decoder, example_coder
 
-ColumnType = csv_decoder.ColumnType
-BLOCK_BYTES = 4 * 2 ** 20  # about 90k rows of the default data: blocks for both workers, small in memory
-_INTEGER = r'^-?[0-9]+$'
-_NUMBER = r'^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$'
-_CAST = {ColumnType.INT: pa.int64(), ColumnType.FLOAT: pa.float64()}
-_PARSE = {ColumnType.INT: int, ColumnType.FLOAT: float}
-
-
-def read_blocks(path: str, column_names: List[str]) -> Iterable[pa.RecordBatch]:
-  """The rows of the CSV file at `path` (its first line, the header, skipped) in blocks of about
-  `BLOCK_BYTES`, every column as strings, an empty cell as null."""
-  strings = {name: pa.string() for name in column_names}
-  with beam.io.filesystems.FileSystems.open(path) as f:  # CsvExampleGen's reader: local, gs://, ...
-    try:
-      reader = pcsv.open_csv(
-          f, read_options=pcsv.ReadOptions(column_names=column_names, skip_rows=1, block_size=BLOCK_BYTES),
-          parse_options=pcsv.ParseOptions(newlines_in_values=True),
-          convert_options=pcsv.ConvertOptions(column_types=strings, null_values=[''], strings_can_be_null=True,
-                                              quoted_strings_can_be_null=True))
-      yield from reader
-    except pa.ArrowInvalid as e:
-      if 'Empty CSV file' in str(e):  # a header alone, or nothing: no rows
-        return
-      raise ValueError(f'Invalid CSV file {path}: {e}. Every row needs the {len(column_names)} columns of its header '
-                       f'({",".join(column_names)}); quote values that hold commas or newlines.') from e
-
-
-def column_type(cells: pa.Array) -> ColumnType:
-  """The type `cells` (strings, empty ones null) give their column, by tfx_bsl's `csv_decoder` rule."""
-  values = cells.drop_null()
-  if len(values) == 0:
-    return ColumnType.UNKNOWN
-  if pc.all(pc.match_substring_regex(values, _INTEGER)).as_py():
-    try:
-      pc.cast(values, pa.int64())
-      return ColumnType.INT
-    except pa.ArrowInvalid:  # beyond int64: the rule's STRING, judged below
-      pass
-  elif pc.all(pc.match_substring_regex(values, _NUMBER)).as_py():
-    return ColumnType.FLOAT
-  infer = csv_decoder._InferValueType  # pylint: disable=protected-access  # the rule itself, not a copy of it
-  return max(infer(value) for value in pc.unique(values).to_pylist())
-
-
-def block_types(block: pa.RecordBatch) -> Dict[str, ColumnType]:
-  """{column: the type its cells in `block` give it}."""
-  return {name: column_type(cells) for name, cells in zip(block.schema.names, block.columns)}
-
-
-class MergeColumnTypes(beam.CombineFn):
-  """Each column's type over all blocks: the widest of INT < FLOAT < STRING seen (UNKNOWN with no value)."""
-
-  def create_accumulator(self) -> Dict[str, ColumnType]:
-    return {}
-
-  def add_input(self, accumulator, types):
-    for name, kind in types.items():
-      accumulator[name] = max(kind, accumulator.get(name, ColumnType.UNKNOWN))
-    return accumulator
-
-  def merge_accumulators(self, accumulators):
-    return functools.reduce(self.add_input, accumulators, {})
-
-  def extract_output(self, accumulator):
-    return accumulator
-
-
-def typed_values(values: pa.Array, kind: ColumnType) -> pa.Array:
-  """`values` (non-null strings) as `kind`'s tf.Example value type: int64, float32 or bytes."""
-  if kind == ColumnType.STRING:
-    return values.cast(pa.binary())
-  try:
-    numbers = pc.cast(values, _CAST[kind])
-  except pa.ArrowInvalid:  # a form only Python parses (`+3`, ` 7`)
-    numbers = pa.array([_PARSE[kind](v) for v in values.to_pylist()], _CAST[kind])
-  return pc.cast(numbers, pa.float32(), safe=False) if kind == ColumnType.FLOAT else numbers
-
-
-def encode_block(block: pa.RecordBatch, types: Dict[str, ColumnType]) -> List[bytes]:
-  """The serialized tf.Examples of `block`'s rows, each column of its `types` type."""
-  columns = []
-  for name, cells in zip(block.schema.names, block.columns):
-    kind = types[name]
-    if kind == ColumnType.UNKNOWN:  # no value anywhere: a feature of no kind
-      columns.append(pa.nulls(len(cells), pa.list_(pa.binary())))
-      continue
-    offsets = np.concatenate([[0], np.cumsum(cells.is_valid().to_numpy(zero_copy_only=False), dtype=np.int32)])
-    columns.append(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), typed_values(cells.drop_null(), kind)))
-  return example_coder.RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(columns, block.schema.names))
-
-
-def split_block(records: List[bytes], buckets: List[int],
-                split_config: example_gen_pb2.SplitConfig) -> List[Tuple[int, List[bytes]]]:
-  """`records` by output split, each to the split TFX's ExampleGen gives it (`_PartitionFn`, the rule itself: a
-  hash of the serialized example into `buckets`, the splits' cumulative bucket counts): [(split index, records)]."""
-  parts = collections.defaultdict(list)
-  for record in records:
-    parts[_PartitionFn(record, len(buckets), buckets, split_config)].append(record)
-  return sorted(parts.items())
+from components.csv_blocks import (MergeColumnTypes, block_types, encode_block, read_blocks, records_of, split_block,
+                                   split_of)
 
 
 @beam.ptransform_fn
@@ -174,7 +70,7 @@ def _CsvToExample(pipeline: beam.Pipeline, exec_properties: dict,  # pylint: dis
   """The serialized tf.Examples of the CSV files matching `split_pattern` under the input base."""
   return (pipeline
           | 'Blocks' >> _CsvToExampleBlocks(exec_properties, split_pattern)
-          | 'Records' >> beam.FlatMap(lambda records: records))
+          | 'Records' >> beam.FlatMap(list))
 
 
 @beam.ptransform_fn
@@ -183,7 +79,7 @@ def _WriteBlocks(blocks: beam.PCollection, split_uri: str) -> beam.pvalue.PDone:
   them."""
   return (blocks
           | 'Shuffle' >> beam.Reshuffle()  # both workers write, whatever the number of input files
-          | 'Records' >> beam.FlatMap(lambda records: records)
+          | 'Records' >> beam.FlatMap(list)
           | 'Write' >> beam.io.WriteToTFRecord(os.path.join(split_uri, write_split.DEFAULT_FILE_NAME),
                                                file_name_suffix='.gz'))
 
@@ -212,10 +108,9 @@ class Executor(BaseExampleGenExecutor):
         buckets = list(itertools.accumulate(s.hash_buckets for s in output_config.split_config.splits))
         parts = (pipeline
                  | 'InputToBlocks' >> _CsvToExampleBlocks(exec_properties, input_config.splits[0].pattern)
-                 | 'SplitBlocks' >> beam.FlatMap(split_block, buckets, output_config.split_config)
-                 | 'BySplit' >> beam.Partition(lambda part, _: part[0], len(buckets)))
-        blocks = {name: part | f'Blocks[{name}]' >> beam.Map(lambda index_records: index_records[1])
-                  for name, part in zip(split_names, parts)}
+                 | 'SplitBlocks' >> beam.FlatMap(split_block, buckets)
+                 | 'BySplit' >> beam.Partition(split_of, len(buckets)))
+        blocks = {name: part | f'Blocks[{name}]' >> beam.Map(records_of) for name, part in zip(split_names, parts)}
       else:
         blocks = {split.name: pipeline | f'InputToBlocks[{split.name}]' >> _CsvToExampleBlocks(exec_properties,
                                                                                                 split.pattern)

@@ -1,5 +1,7 @@
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
@@ -10,7 +12,7 @@ from tfx.components.util import examples_utils
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import proto_utils
 
-from components import csv_example_gen
+from components import csv_blocks, csv_example_gen
 
 # Each column tests a part of CsvExampleGen's contract: empty cells; ints and floats in their plain forms; forms
 # only Python's int() and float() read (judged cell by cell); hex and beyond-int64 integers (strings); quoted
@@ -66,7 +68,7 @@ def _write(folder, name: str, text: str) -> str:
 
 @pytest.mark.parametrize('block_bytes', [1 << 20, 64])  # one block; a block every row or two
 def test_the_examples_are_those_of_tfx_csv_example_gen(tmp_path, monkeypatch, block_bytes):
-  monkeypatch.setattr(csv_example_gen, 'BLOCK_BYTES', block_bytes)
+  monkeypatch.setattr(csv_blocks, 'BLOCK_BYTES', block_bytes)
   data = _write(tmp_path / 'data', 'part-0.csv', TRICKY)
   _write(tmp_path / 'data', 'part-1.csv', 'id,count,price,signed,hexish,big,text,empty\n5,9,2,1,9,4,x,\n')
   ours = _run(csv_example_gen.Executor, data, str(tmp_path / 'ours'))
@@ -75,7 +77,7 @@ def test_the_examples_are_those_of_tfx_csv_example_gen(tmp_path, monkeypatch, bl
 
 
 def test_the_hash_split_sends_each_example_where_tfx_split_rule_does(tmp_path, monkeypatch):
-  monkeypatch.setattr(csv_example_gen, 'BLOCK_BYTES', 256)  # several blocks, each hashed into every split
+  monkeypatch.setattr(csv_blocks, 'BLOCK_BYTES', 256)  # several blocks, each hashed into every split
   rows = ''.join(f'{i},{i % 7},user_{i}\n' for i in range(300))
   data = _write(tmp_path / 'data', 'part-0.csv', 'id,count,user\n' + rows)
   ours = _run(csv_example_gen.Executor, data, str(tmp_path / 'ours'), HASH_SPLIT)
@@ -91,18 +93,26 @@ def test_the_hash_split_sends_each_example_where_tfx_split_rule_does(tmp_path, m
   assert [len(ours['splits'][s]) for s in ('train', 'eval', 'test')] == pytest.approx([180, 60, 60], abs=25)
 
 
+def test_the_workers_module_imports_neither_tensorflow_nor_tfx():
+  imported = subprocess.run([sys.executable, '-c', 'import sys, components.csv_blocks; '
+                             'print(sorted({"tensorflow", "tfx"} & set(sys.modules)))'],
+                            capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
+                                os.path.dirname(os.path.abspath(__file__)))))
+  assert imported.stdout.strip() == '[]'
+
+
 def test_column_types_follow_csv_decoders_rule(tmp_path):
   path = os.path.join(_write(tmp_path, 'tricky.csv', TRICKY), 'tricky.csv')
-  [block] = csv_example_gen.read_blocks(path, TRICKY.splitlines()[0].split(','))
-  types = csv_example_gen.block_types(block)
-  kind = csv_example_gen.ColumnType
+  [block] = csv_blocks.read_blocks(path, TRICKY.splitlines()[0].split(','))
+  types = csv_blocks.block_types(block)
+  kind = csv_blocks.ColumnType
   assert types == {'id': kind.INT, 'count': kind.INT, 'price': kind.FLOAT, 'signed': kind.INT,
                    'hexish': kind.STRING, 'big': kind.STRING, 'text': kind.STRING, 'empty': kind.UNKNOWN}
 
 
 def test_types_merge_to_the_widest_over_blocks():
-  kind = csv_example_gen.ColumnType
-  merge = csv_example_gen.MergeColumnTypes()
+  kind = csv_blocks.ColumnType
+  merge = csv_blocks.MergeColumnTypes()
   merged = merge.merge_accumulators([
       merge.add_input(merge.create_accumulator(), {'a': kind.INT, 'b': kind.UNKNOWN, 'c': kind.FLOAT}),
       merge.add_input(merge.create_accumulator(), {'a': kind.FLOAT, 'b': kind.INT, 'c': kind.INT})])
@@ -112,9 +122,9 @@ def test_types_merge_to_the_widest_over_blocks():
 def test_a_row_with_missing_cells_names_the_file_and_the_fix(tmp_path):
   path = os.path.join(_write(tmp_path, 'bad.csv', 'a,b,c\n1,2,3\n4,5\n'), 'bad.csv')
   with pytest.raises(ValueError, match=r'bad\.csv.*3 columns of its header \(a,b,c\)'):
-    list(csv_example_gen.read_blocks(path, ['a', 'b', 'c']))
+    list(csv_blocks.read_blocks(path, ['a', 'b', 'c']))
 
 
 def test_a_header_without_rows_gives_no_examples(tmp_path):
   path = os.path.join(_write(tmp_path, 'header.csv', 'a,b\n'), 'header.csv')
-  assert list(csv_example_gen.read_blocks(path, ['a', 'b'])) == []
+  assert list(csv_blocks.read_blocks(path, ['a', 'b'])) == []
