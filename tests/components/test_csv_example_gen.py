@@ -93,6 +93,15 @@ def test_the_hash_split_sends_each_example_where_tfx_split_rule_does(tmp_path, m
   assert [len(ours['splits'][s]) for s in ('train', 'eval', 'test')] == pytest.approx([180, 60, 60], abs=25)
 
 
+def test_a_split_by_feature_is_refused_naming_the_setting(tmp_path):
+  data = _write(tmp_path / 'data', 'part-0.csv', 'id,user\n1,a\n')
+  by_user = example_gen_pb2.Output()
+  by_user.CopyFrom(HASH_SPLIT)
+  by_user.split_config.partition_feature_name = 'user'
+  with pytest.raises(ValueError, match="partition_feature_name \\('user'\\)"):
+    _run(csv_example_gen.Executor, data, str(tmp_path / 'ours'), by_user)
+
+
 def test_the_workers_module_imports_neither_tensorflow_nor_tfx():
   imported = subprocess.run([sys.executable, '-c', 'import sys, components.csv_blocks; '
                              'print(sorted({"tensorflow", "tfx"} & set(sys.modules)))'],
