@@ -9,9 +9,10 @@ import bisect
 import collections
 import functools
 import hashlib
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence
 
 import apache_beam as beam
+from apache_beam.pvalue import TaggedOutput
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -115,19 +116,10 @@ def split_index(record: bytes, buckets: Sequence[int]) -> int:
   return bisect.bisect(buckets, int(hashlib.sha256(record).hexdigest(), 16) % buckets[-1])
 
 
-def split_block(records: List[bytes], buckets: Sequence[int]) -> List[Tuple[int, List[bytes]]]:
-  """`records` by output split (`split_index`): [(split index, its records)]."""
+def split_block(records: List[bytes], buckets: Sequence[int], split_names: Sequence[str]) -> Iterable[TaggedOutput]:
+  """`records` by output split (`split_index`), each split's share tagged with its name."""
   parts = collections.defaultdict(list)
   for record in records:
     parts[split_index(record, buckets)].append(record)
-  return sorted(parts.items())
-
-
-def split_of(part: Tuple[int, List[bytes]], num_splits: int) -> int:  # pylint: disable=unused-argument
-  """The split index of a `split_block` part (a `beam.Partition` function)."""
-  return part[0]
-
-
-def records_of(part: Tuple[int, List[bytes]]) -> List[bytes]:
-  """The records of a `split_block` part."""
-  return part[1]
+  for index, split_records in sorted(parts.items()):
+    yield TaggedOutput(split_names[index], split_records)

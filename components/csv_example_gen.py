@@ -37,8 +37,7 @@ from tfx.types.standard_component_specs import (EXAMPLES_KEY, INPUT_BASE_KEY, IN
                                                OUTPUT_DATA_FORMAT_KEY, OUTPUT_FILE_FORMAT_KEY)
 from tfx.utils import io_utils, proto_utils
 
-from components.csv_blocks import (MergeColumnTypes, block_types, encode_block, read_blocks, records_of, split_block,
-                                   split_of)
+from components.csv_blocks import MergeColumnTypes, block_types, encode_block, read_blocks, split_block
 
 
 @beam.ptransform_fn
@@ -112,9 +111,8 @@ class Executor(BaseExampleGenExecutor):
         buckets = list(itertools.accumulate(s.hash_buckets for s in output_config.split_config.splits))
         parts = (pipeline
                  | 'InputToBlocks' >> _CsvToExampleBlocks(exec_properties, input_config.splits[0].pattern)
-                 | 'SplitBlocks' >> beam.FlatMap(split_block, buckets)
-                 | 'BySplit' >> beam.Partition(split_of, len(buckets)))
-        blocks = {name: part | f'Blocks[{name}]' >> beam.Map(records_of) for name, part in zip(split_names, parts)}
+                 | 'SplitBlocks' >> beam.FlatMap(split_block, buckets, split_names).with_outputs(*split_names))
+        blocks = {name: parts[name] for name in split_names}
       else:
         blocks = {split.name: pipeline | f'InputToBlocks[{split.name}]' >> _CsvToExampleBlocks(exec_properties,
                                                                                                 split.pattern)

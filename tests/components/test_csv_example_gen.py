@@ -13,6 +13,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import proto_utils
 
 from components import csv_blocks, csv_example_gen
+import tfx_runner
 
 # Each column tests a part of CsvExampleGen's contract: empty cells; ints and floats in their plain forms; forms
 # only Python's int() and float() read (judged cell by cell); hex and beyond-int64 integers (strings); quoted
@@ -105,8 +106,7 @@ def test_a_split_by_feature_is_refused_naming_the_setting(tmp_path):
 def test_the_workers_module_imports_neither_tensorflow_nor_tfx():
   imported = subprocess.run([sys.executable, '-c', 'import sys, components.csv_blocks; '
                              'print(sorted({"tensorflow", "tfx"} & set(sys.modules)))'],
-                            capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
-                                os.path.dirname(os.path.abspath(__file__)))))
+                            capture_output=True, text=True, check=True, cwd=tfx_runner.REPO_ROOT)
   assert imported.stdout.strip() == '[]'
 
 
