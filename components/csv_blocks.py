@@ -110,16 +110,27 @@ def encode_block(block: pa.RecordBatch, types: Dict[str, ColumnType]) -> List[by
   return example_coder.RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(columns, block.schema.names))
 
 
-def split_index(record: bytes, buckets: Sequence[int]) -> int:
-  """The output split TFX's ExampleGen puts a serialized example in (its `_PartitionFn` without a partition
-  feature): the record's sha256 modulo the bucket count, placed among the splits' cumulative `buckets`."""
-  return bisect.bisect(buckets, int(hashlib.sha256(record).hexdigest(), 16) % buckets[-1])
+def split_index(key: bytes, buckets: Sequence[int]) -> int:
+  """The output split of a row with hash key `key`, by TFX's ExampleGen rule (its `_PartitionFn`): the key's
+  sha256 modulo the bucket count, placed among the splits' cumulative `buckets`."""
+  return bisect.bisect(buckets, int(hashlib.sha256(key).hexdigest(), 16) % buckets[-1])
 
 
-def split_block(records: List[bytes], buckets: Sequence[int], split_names: Sequence[str]) -> Iterable[TaggedOutput]:
-  """`records` by output split (`split_index`), each split's share tagged with its name."""
+def row_keys(block: pa.RecordBatch) -> List[bytes]:
+  """Each row's hash key: its cells as read, joined. Not the serialized example, as TFX's rule hashes: tfx_bsl's
+  encoder writes a tf.Example's features in an order that changes from call to call, and the same row would
+  land in another split on each run."""
+  cells = [pc.fill_null(column, '') for column in block.columns]
+  return pc.binary_join_element_wise(*cells, '\x1f').cast(pa.binary()).to_pylist()
+
+
+def encode_and_split_block(block: pa.RecordBatch, types: Dict[str, ColumnType],
+                           buckets: Sequence[int],
+                           split_names: Sequence[str]) -> Iterable[TaggedOutput]:
+  """The serialized tf.Examples of `block`'s rows (`encode_block`) by output split (`split_index` of each row's
+  key), each split's share tagged with its name."""
   parts = collections.defaultdict(list)
-  for record in records:
-    parts[split_index(record, buckets)].append(record)
-  for index, split_records in sorted(parts.items()):
-    yield TaggedOutput(split_names[index], split_records)
+  for key, record in zip(row_keys(block), encode_block(block, types)):
+    parts[split_index(key, buckets)].append(record)
+  for index, records in sorted(parts.items()):
+    yield TaggedOutput(split_names[index], records)
