@@ -14,6 +14,12 @@ LOCAL_BEAM_ARGS = ('--direct_running_mode=in_memory', '--direct_num_workers=1')
 # on: `direct-multiprocess` ran the Beam components of a 1M-row run of the default data (47.6 MB of CSV) in 473 s
 # against 600 s in memory (benchmarks/pipeline_scaling.py, 2 CPUs), and was the slower one at 160k rows.
 MULTIPROCESS_MIN_INPUT_BYTES = 40 * 2 ** 20
+# The Evaluator of such a run stays in memory below this much input (about 4M rows of the default data): it
+# evaluates whole batches (components/slice_batches.py), so starting worker processes costs more than they
+# save. With a
+# baseline model, on 2 CPUs, the Evaluator alone took 12.2 s in memory against 21.6 s on worker processes for
+# the 200k test rows of a 1M-row run (47.6 MB of CSV), and 36.0 s against 35.8 s for 800k test rows.
+EVALUATOR_MULTIPROCESS_MIN_INPUT_BYTES = 4 * 45 * 2 ** 20
 
 # Beam runners for the Beam-powered components (ExampleGen, StatisticsGen, Transform, Evaluator, ...), and the
 # arguments each adds to `beam_pipeline_args`. More (or overriding) arguments follow with `--beam-arg`.
@@ -314,6 +320,15 @@ class PipelineConfig:
                      auc_tolerance=self.auc_tolerance, logloss_tolerance=self.logloss_tolerance,
                      min_domain_auc=self.min_domain_auc)
 
+  def evaluator_beam_args(self) -> List[str]:
+    """The Evaluator's own Beam arguments, which override the run's: in memory when the run's DirectRunner
+    runs worker processes and its input is a local folder of less than EVALUATOR_MULTIPROCESS_MIN_INPUT_BYTES,
+    else none."""
+    modes = [arg.split('=', 1)[1] for arg in self.beam_pipeline_args if arg.startswith('--direct_running_mode=')]
+    small = (os.path.isdir(self.data_path)
+             and input_bytes(self._input_folder()) < EVALUATOR_MULTIPROCESS_MIN_INPUT_BYTES)
+    return list(LOCAL_BEAM_ARGS) if modes[-1:] == ['multi_processing'] and small else []
+
   def _input_folder(self) -> str:
     return latest_span_path(self.data_path) if self.spans else self.data_path
 
@@ -419,10 +434,14 @@ def latest_span_path(data_path: str) -> str:
 
 def default_beam_args(input_folder: str) -> List[str]:
   """The Beam arguments of a run that names no runner: `direct` (in memory), or `direct-multiprocess` when the
-  files under `input_folder` (a local folder; anything else counts as empty) hold MULTIPROCESS_MIN_INPUT_BYTES
-  or more."""
-  size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(input_folder) for name in names)
-  return list(BEAM_RUNNER_ARGS['direct-multiprocess' if size >= MULTIPROCESS_MIN_INPUT_BYTES else 'direct'])
+  files under `input_folder` hold MULTIPROCESS_MIN_INPUT_BYTES or more."""
+  multiprocess = input_bytes(input_folder) >= MULTIPROCESS_MIN_INPUT_BYTES
+  return list(BEAM_RUNNER_ARGS['direct-multiprocess' if multiprocess else 'direct'])
+
+
+def input_bytes(folder: str) -> int:
+  """The size of the files under `folder` (a local folder; anything else counts as empty)."""
+  return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
 
 
 def beam_pipeline_args(runner: Optional[str], extra: Optional[Sequence[str]] = None) -> Optional[List[str]]:

@@ -48,3 +48,11 @@ def test_the_scoring_components_get_their_test_rows_per_second_where_every_run_k
 def test_a_label_names_its_runs_in_the_header():
   results = [{**_result(1_000_000, 100.0), 'label': 'before'}, {**_result(1_000_000, 60.0), 'label': 'after'}]
   assert scaling.table(results).splitlines()[0] == '| component | 1,000,000 rows, before (s) | 1,000,000 rows, after (s) |'
+
+
+def test_a_repeated_run_is_named_in_the_header_and_left_out_of_the_growth():
+  results = [_result(100_000, 10.0), _result(300_000, 30.0), {**_result(300_000, 90.0), 'run': 2}]
+  lines = scaling.table(results).splitlines()
+  assert lines[0] == ('| component | 100,000 rows (s) | 300,000 rows (s) | 300,000 rows, run 2 (with a production '
+                      'model) (s) | s per 100k rows |')
+  assert lines[3] == '| Transform | 10.0 | 30.0 | 90.0 | 10.0 |'

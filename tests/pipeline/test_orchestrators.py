@@ -13,8 +13,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 import tfx_runner
 from data import synthetic
-from pipeline.config import (BEAM_REQUIRED_ARGS, BEAM_RUNNER_ARGS, MULTIPROCESS_MIN_INPUT_BYTES, PipelineConfig,
-                             beam_pipeline_args)
+from pipeline.config import (BEAM_REQUIRED_ARGS, BEAM_RUNNER_ARGS, EVALUATOR_MULTIPROCESS_MIN_INPUT_BYTES,
+                             LOCAL_BEAM_ARGS, MULTIPROCESS_MIN_INPUT_BYTES, PipelineConfig, beam_pipeline_args)
 from pipeline.orchestrators import compile_kubeflow, scheduled_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -172,6 +172,21 @@ def test_without_a_runner_the_input_size_picks_in_memory_or_a_worker_per_cpu(tmp
   given = PipelineConfig(data_path=str(tmp_path / 'large'), schema_path='', output_dir='', beam_pipeline_args=['--x'],
                          feature_spec=synthetic.FEATURE_SPEC)
   assert given.beam_pipeline_args == ['--x']
+
+
+def test_the_evaluator_stays_in_memory_on_a_small_input_when_the_run_has_worker_processes(tmp_path):
+  def evaluator_args(data, runner):
+    return PipelineConfig(data_path=str(data), schema_path='', output_dir=str(tmp_path / 'out'),
+                          feature_spec=synthetic.FEATURE_SPEC,
+                          beam_pipeline_args=beam_pipeline_args(runner)).evaluator_beam_args()
+  synthetic.write_csv(synthetic.generate(100), str(tmp_path / 'small'))
+  assert evaluator_args(tmp_path / 'small', 'direct-multiprocess') == list(LOCAL_BEAM_ARGS)
+  assert evaluator_args(tmp_path / 'small', 'direct') == []  # in memory already
+  assert evaluator_args('gs://bucket/data', 'direct-multiprocess') == []  # a size it cannot know
+  (tmp_path / 'large').mkdir()
+  with open(tmp_path / 'large' / 'data.csv', 'wb') as f:
+    f.truncate(EVALUATOR_MULTIPROCESS_MIN_INPUT_BYTES)
+  assert evaluator_args(tmp_path / 'large', 'direct-multiprocess') == []
 
 
 _DAGBAG_SCRIPT = '''

@@ -5,11 +5,12 @@ import json
 import os
 
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from data import synthetic
 from components.promotion_gate import GateRules
-from pipeline.config import PARAMETER_MATCHED, PipelineConfig, input_format, input_splits
-from pipeline.pipeline import create_pipeline, eval_config, promotion_settings
+from pipeline.config import PARAMETER_MATCHED, PipelineConfig, beam_pipeline_args, input_format, input_splits
+from pipeline.pipeline import EVALUATOR_EXTRACTORS, create_pipeline, eval_config, promotion_settings
 import schemas
 import tfx_runner
 
@@ -44,7 +45,15 @@ def test_wiring(tmp_path):
     assert components[node].inputs['baseline_model'].producer_component_id == 'LatestBlessedModelResolver'
   assert components['PromotionGate'].inputs['pretrained_model'].producer_component_id == 'PretrainTrainer'
   assert json.loads(components['Evaluator'].exec_properties['example_splits']) == ['test']
+  assert components['Evaluator'].exec_properties['module_path'] == EVALUATOR_EXTRACTORS
   assert components['Pusher'].inputs['model_blessing'].producer_component_id == 'PromotionGate'
+
+
+def test_the_evaluator_of_a_small_run_on_worker_processes_runs_in_memory(tmp_path):
+  config = _config(tmp_path, beam_pipeline_args=beam_pipeline_args('direct-multiprocess'))
+  evaluator = {c.id: c for c in create_pipeline(config).components}['Evaluator']
+  options = PipelineOptions(evaluator.executor_spec.beam_pipeline_args).get_all_options()  # the run's, then its own
+  assert (options['direct_running_mode'], options['direct_num_workers']) == ('in_memory', 1)
 
 
 def test_onboarding_trains_the_new_domains_adapters_on_the_production_model(tmp_path):
