@@ -15,7 +15,10 @@ $(PY): requirements.txt
 	if [ "$$v" != "3.10" ]; then echo "Python 3.10 is required (python3 is $$v): install it, or use pyenv, which picks 3.10 from .python-version" >&2; exit 1; fi
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip uv
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt
+	# --compile-bytecode: each process reads the libraries' bytecode instead of compiling their source, which a
+	# machine that sets PYTHONDONTWRITEBYTECODE (as the one measured on does) does on every start: importing TFX and TFMA
+	# took 19.1 s without it, 8.6 s with it, in the pipeline, every Beam worker and every test process.
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -r requirements.txt
 	@touch $(PY)
 
 run: $(PY)

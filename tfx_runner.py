@@ -84,7 +84,8 @@ def _non_negative(text):
 
 
 BEAM_RUNNER_HELP = ('Beam runner for the Beam components, with its arguments (pipeline/config.py BEAM_RUNNER_ARGS): '
-                    'direct (in memory), direct-multiprocess (a worker per CPU), dataflow, flink, spark; further '
+                    'direct (in memory), direct-multiprocess (a worker per CPU; the Evaluator stays in memory below 180 MiB of '
+                    'input), dataflow, flink, spark; further '
                     '--beam-arg values follow them. Default: --beam-arg values alone, else by the input\'s size: direct below '
                     '40 MiB, direct-multiprocess from there (pipeline/config.py default_beam_args)')
 
