@@ -14,12 +14,11 @@ LOCAL_BEAM_ARGS = ('--direct_running_mode=in_memory', '--direct_num_workers=1')
 # on: `direct-multiprocess` ran the Beam components of a 1M-row run of the default data (47.6 MB of CSV) in 473 s
 # against 600 s in memory (benchmarks/pipeline_scaling.py, 2 CPUs), and was the slower one at 160k rows.
 MULTIPROCESS_MIN_INPUT_BYTES = 40 * 2 ** 20
-# The Evaluator of such a run stays in memory below this much input (about 4M rows of the default data): it
-# evaluates whole batches (components/slice_batches.py), so starting worker processes costs more than they
-# save. With a
-# baseline model, on 2 CPUs, the Evaluator alone took 12.2 s in memory against 21.6 s on worker processes for
-# the 200k test rows of a 1M-row run (47.6 MB of CSV), and 36.0 s against 35.8 s for 800k test rows.
-EVALUATOR_MULTIPROCESS_MIN_INPUT_BYTES = 4 * 45 * 2 ** 20
+# The Evaluator of such a run stays in memory below this much input (about 3M rows of the default data): it
+# evaluates whole batches (components/batched_evaluation.py), so starting worker processes costs more than they
+# save. With a baseline model, on 2 CPUs, the Evaluator alone took 9.0 s in memory against 14.3 s on worker
+# processes for the 200k test rows of a 1M-row run (47.6 MB of CSV), and 25.6 s against 23.0 s for 800k.
+EVALUATOR_MULTIPROCESS_MIN_INPUT_BYTES = 3 * 45 * 2 ** 20
 
 # Beam runners for the Beam-powered components (ExampleGen, StatisticsGen, Transform, Evaluator, ...), and the
 # arguments each adds to `beam_pipeline_args`. More (or overriding) arguments follow with `--beam-arg`.

@@ -18,7 +18,7 @@ from pipeline.config import SPAN_FOLDER, PipelineConfig
 PREPROCESSING_FN = 'models.preprocessing.preprocessing_fn'
 STAGE_RUN_FNS = {'pretrain': 'models.trainer.pretrain_run_fn', 'finetune': 'models.trainer.finetune_run_fn'}
 TUNER_FN = 'models.tuning.tuner_fn'
-EVALUATOR_EXTRACTORS = 'components.slice_batches'  # TFMA evaluates whole batches per slice (its module doc)
+EVALUATOR_MODULE = 'components.batched_evaluation'  # TFMA evaluates whole batches (its module doc)
 TUNER_ID = 'Tuner'
 TRAINING_SPANS_RESOLVER = 'TrainingSpansResolver'
 PREDICTION_KEY = 'ctr'
@@ -195,7 +195,7 @@ def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.
   evaluator = tfx.components.Evaluator(
       examples=examples.outputs['examples'], model=finetune.outputs['model'], example_splits=[EVALUATION_SPLIT],
       baseline_model=latest_blessed.outputs['model'], eval_config=eval_config(config),
-      module_path=EVALUATOR_EXTRACTORS).with_beam_pipeline_args(config.evaluator_beam_args())
+      module_path=EVALUATOR_MODULE).with_beam_pipeline_args(config.evaluator_beam_args())
   gate = PromotionGate(examples=examples.outputs['examples'], schema=schema.outputs['schema'],
                        model=finetune.outputs['model'], baseline_model=latest_blessed.outputs['model'],
                        pretrained_model=before, settings=promotion_settings(config))

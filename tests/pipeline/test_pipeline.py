@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from data import synthetic
 from components.promotion_gate import GateRules
 from pipeline.config import PARAMETER_MATCHED, PipelineConfig, beam_pipeline_args, input_format, input_splits
-from pipeline.pipeline import EVALUATOR_EXTRACTORS, create_pipeline, eval_config, promotion_settings
+from pipeline.pipeline import EVALUATOR_MODULE, create_pipeline, eval_config, promotion_settings
 import schemas
 import tfx_runner
 
@@ -45,7 +45,7 @@ def test_wiring(tmp_path):
     assert components[node].inputs['baseline_model'].producer_component_id == 'LatestBlessedModelResolver'
   assert components['PromotionGate'].inputs['pretrained_model'].producer_component_id == 'PretrainTrainer'
   assert json.loads(components['Evaluator'].exec_properties['example_splits']) == ['test']
-  assert components['Evaluator'].exec_properties['module_path'] == EVALUATOR_EXTRACTORS
+  assert components['Evaluator'].exec_properties['module_path'] == EVALUATOR_MODULE
   assert components['Pusher'].inputs['model_blessing'].producer_component_id == 'PromotionGate'
 
 

@@ -1,4 +1,5 @@
-"""components/slice_batches.py: TFMA's metrics from whole batches per slice equal TFMA's example by example."""
+"""components/batched_evaluation.py: TFMA's metrics from whole batches per slice equal TFMA's example by example;
+the models' signatures called by keyword."""
 import os
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
@@ -7,13 +8,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 import tensorflow_model_analysis as tfma  # noqa: E402
 from tensorflow_model_analysis import constants  # noqa: E402
 from tensorflow_model_analysis.api import types  # noqa: E402
 from tensorflow_model_analysis.extractors import unbatch_extractor  # noqa: E402
 
-from components import slice_batches  # noqa: E402
-from components.slice_batches import custom_extractors, slice_columns, split_by_values  # noqa: E402
+from components import batched_evaluation  # noqa: E402
+from components.batched_evaluation import (KeywordSignatures, custom_eval_shared_model, custom_extractors,  # noqa: E402
+                                           slice_columns, split_by_values)
 
 DOMAIN_METRICS = tfma.MetricConfig(class_name='DomainCTRMetrics', module='components.domain_metrics',
                                    config='{"domain_key": "domain"}')
@@ -58,7 +61,7 @@ def _stage_names(extractors) -> list:
 
 def test_whole_batches_replace_unbatching_only_when_every_metric_reads_batches():
   batched = _stage_names(custom_extractors(None, _eval_config(DOMAIN_METRICS)))
-  assert slice_batches.STAGE_NAME in batched and unbatch_extractor.UNBATCH_EXTRACTOR_STAGE_NAME not in batched
+  assert batched_evaluation.STAGE_NAME in batched and unbatch_extractor.UNBATCH_EXTRACTOR_STAGE_NAME not in batched
   # TFMA's own metrics read one example an extract; SQL slices come per example: TFMA's defaults.
   per_example = _eval_config(DOMAIN_METRICS, tfma.MetricConfig(class_name='ExampleCount'))
   sql = _eval_config(DOMAIN_METRICS, slicing_specs=[tfma.SlicingSpec(slice_keys_sql='SELECT STRUCT(domain)')])
@@ -120,5 +123,27 @@ def test_a_slicing_feature_the_examples_lack_is_named():
 def test_an_entry_without_a_row_per_example_is_refused_with_the_way_out():
   batch = _batch()
   batch['odd'] = np.zeros(3)
-  with pytest.raises(ValueError, match='evaluate without components.slice_batches'):
+  with pytest.raises(ValueError, match='evaluate without components.batched_evaluation'):
     list(split_by_values(batch, ['domain']))
+
+
+class _Scorer(tf.Module):
+  """A SavedModel whose serving signature scores serialized examples by their length."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+  def serve(self, examples):
+    return {'ctr': tf.cast(tf.strings.length(examples), tf.float32)}
+
+
+def test_signatures_of_one_input_take_it_positionally_as_tfma_passes_it(tmp_path):
+  path = str(tmp_path / 'model')
+  module = _Scorer()
+  tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+  batch = tf.constant([b'a', b'abc'])
+  loader = custom_eval_shared_model(path, '', _eval_config(DOMAIN_METRICS)).model_loader
+  model = loader.construct_fn()
+  assert isinstance(model, KeywordSignatures)
+  serve = model.signatures['serving_default']
+  assert serve(batch)['ctr'].numpy().tolist() == serve(examples=batch)['ctr'].numpy().tolist() == [1.0, 3.0]
+  assert list(serve.structured_input_signature[1]) == ['examples']  # what TFMA reads of the signature
+  assert loader.tags == [tf.saved_model.SERVING]

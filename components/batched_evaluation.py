@@ -1,26 +1,33 @@
-"""TFMA's extractors with each batch kept whole per slice: the Evaluator's `custom_extractors`.
+"""TFMA evaluating whole batches: the TFX Evaluator's module (`module_path`), with the two functions TFX looks
+up in it by name.
 
-TFMA's default extractors end with an UnbatchExtractor: every example becomes an extract of its own, and the
-slicing, the metrics' preprocessing and each combiner's `add_input` then run once per example and slice, in
-Python. On the 1M-row run's 200k test rows that path, not the model, was most of the Evaluator's time.
+`custom_extractors`: TFMA's default extractors end with an UnbatchExtractor: every example becomes an extract
+of its own, and the slicing, the metrics' preprocessing and each combiner's `add_input` then run once per
+example and slice, in Python. On the 1M-row run's 200k test rows that path, not the model, was most of the
+Evaluator's time. `SliceBatchExtractor` takes the UnbatchExtractor's place. It splits each batch into one
+extract per combination of values of the features the slicing specs read, so all examples of an extract fall
+into the same slices; TFMA's SliceKeyExtractor then slices the extract as a whole, and every stage after it
+runs once per batch and slice. A metric must read the extract's arrays of labels and predictions
+(DomainCTRMetrics does); `custom_extractors` keeps TFMA's defaults, example by example, for a config with any
+other metric or with SQL slicing.
 
-`SliceBatchExtractor` takes the UnbatchExtractor's place. It splits each batch into one extract per
-combination of values of the features the slicing specs read, so all examples of an extract fall into the
-same slices; TFMA's SliceKeyExtractor then slices the extract as a whole, and every stage after it runs once
-per batch and slice. A metric must read the extract's arrays of labels and predictions (DomainCTRMetrics
-does); `custom_extractors` keeps TFMA's defaults, example by example, for a config with any other metric or
-with SQL slicing.
+`custom_eval_shared_model`: TFMA calls a serving signature with its batch of serialized examples as the one
+positional argument. A loaded SavedModel's signatures take keywords only, so each such call failed first, and
+TensorFlow wrote the whole batch into that failure's message before it retried: 6.6 ms a call of 880
+examples against 2.7 ms by keyword. The models are loaded as `KeywordSignatures`, which call by keyword.
 
-Usage: `tfx.components.Evaluator(..., module_path='components.slice_batches')`.
+Usage: `tfx.components.Evaluator(..., module_path='components.batched_evaluation')`.
 """
 import os
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
+import functools  # noqa: E402
 from typing import Dict, Iterator, List, Sequence, Tuple  # noqa: E402
 
 import apache_beam as beam  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 import tensorflow_model_analysis as tfma  # noqa: E402
 from absl import logging  # noqa: E402
 from tensorflow_model_analysis import constants  # noqa: E402
@@ -115,5 +122,48 @@ def _take(value, rows: np.ndarray, size: int):
   if value is None:
     return None
   raise ValueError(f'An extract entry of type {type(value).__name__} has no row per example of the batch '
-                   f'({size} rows): evaluate without components.slice_batches.')
+                   f'({size} rows): evaluate without components.batched_evaluation.')
 
+
+
+def custom_eval_shared_model(eval_saved_model_path: str, model_name: str, eval_config: tfma.EvalConfig,
+                             **kwargs) -> tfma.types.EvalSharedModel:
+  """TFMA's shared model of the SavedModel at `eval_saved_model_path`, loaded as KeywordSignatures (the TFX
+  Evaluator's `custom_eval_shared_model` hook)."""
+  loader = tfma.types.ModelLoader(construct_fn=functools.partial(KeywordSignatures.load, eval_saved_model_path),
+                                  tags=[tf.saved_model.SERVING])
+  return tfma.default_eval_shared_model(eval_saved_model_path=eval_saved_model_path, model_name=model_name,
+                                        eval_config=eval_config, custom_model_loader=loader, **kwargs)
+
+
+class KeywordSignatures:
+  """A loaded SavedModel whose signatures of one input also take it positionally and pass it on by keyword;
+  everything else is the model's."""
+
+  def __init__(self, model):
+    self._model = model
+    self.signatures = {name: _KeywordCall(signature) if len(signature.structured_input_signature[1]) == 1
+                       else signature for name, signature in model.signatures.items()}
+
+  @classmethod
+  def load(cls, path: str) -> 'KeywordSignatures':
+    return cls(tf.saved_model.load(path, tags=[tf.saved_model.SERVING]))
+
+  def __getattr__(self, name):
+    return getattr(self._model, name)
+
+
+class _KeywordCall:
+  """A signature of one input, called with that input positionally or by keyword."""
+
+  def __init__(self, signature):
+    self._signature = signature
+    [self._input_name] = signature.structured_input_signature[1]
+
+  def __call__(self, *args, **kwargs):
+    if args:
+      [kwargs[self._input_name]] = args
+    return self._signature(**kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self._signature, name)
