@@ -84,10 +84,10 @@ def _non_negative(text):
 
 
 BEAM_RUNNER_HELP = ('Beam runner for the Beam components, with its arguments (pipeline/config.py BEAM_RUNNER_ARGS): '
-                    'direct (in memory), direct-multiprocess (a worker per CPU; the Evaluator stays in memory below 135 MiB of '
-                    'input), dataflow, flink, spark; further '
-                    '--beam-arg values follow them. Default: --beam-arg values alone, else by the input\'s size: direct below '
-                    '40 MiB, direct-multiprocess from there (pipeline/config.py default_beam_args)')
+                    'direct (in memory), direct-multiprocess (a worker per CPU; the Evaluator stays in memory below '
+                    '135 MiB of input), dataflow, flink, spark; further --beam-arg values follow them. Default: '
+                    '--beam-arg values alone, else by the input\'s size: direct below 40 MiB, direct-multiprocess from '
+                    'there (pipeline/config.py default_beam_args)')
 
 
 DISTRIBUTION_HELP = ('the Trainers\' tf.distribute strategy (models/distribution.py): none (one process, the default), '

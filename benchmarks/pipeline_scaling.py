@@ -113,7 +113,7 @@ def main(argv=None) -> List[dict]:
   parser.add_argument('--pretrain-steps', type=int, help='the pretrain Trainer\'s steps (default: scaled to the rows)')
   parser.add_argument('--finetune-steps', type=int, help='the fine-tune Trainer\'s steps (default: scaled to the rows)')
   parser.add_argument('--runs', type=int, default=1,
-                      help='runs of each size into the same output folder (from the second on, with a production model)')
+                      help='runs of each size into one output folder (from the second on, with a production model)')
   args = parser.parse_args(argv)
   results = []
   for rows in sorted(args.rows):

@@ -80,8 +80,9 @@ def split_by_values(batch: types.Extracts, columns: Sequence[str]) -> Iterator[t
   batch's keys (the Arrow record batch left out, as the UnbatchExtractor does) holding that group's rows."""
   features = batch[constants.FEATURES_KEY]
   size = _batch_size(batch)
+  keys = zip(*(_row_values(features, column, size) for column in columns)) if columns else [()] * size
   groups: Dict[Tuple, List[int]] = {}
-  for row, key in enumerate(zip(*(_row_values(features, column, size) for column in columns))):
+  for row, key in enumerate(keys):
     groups.setdefault(key, []).append(row)
   for rows in groups.values():
     index = np.asarray(rows)
@@ -125,7 +126,6 @@ def _take(value, rows: np.ndarray, size: int):
                    f'({size} rows): evaluate without components.batched_evaluation.')
 
 
-
 def custom_eval_shared_model(eval_saved_model_path: str, model_name: str, eval_config: tfma.EvalConfig,
                              **kwargs) -> tfma.types.EvalSharedModel:
   """TFMA's shared model of the SavedModel at `eval_saved_model_path`, loaded as KeywordSignatures (the TFX
@@ -162,7 +162,7 @@ class _KeywordCall:
 
   def __call__(self, *args, **kwargs):
     if args:
-      [kwargs[self._input_name]] = args
+      (kwargs[self._input_name],) = args  # the one input, as TFMA passes it
     return self._signature(**kwargs)
 
   def __getattr__(self, name):

@@ -55,6 +55,14 @@ def test_metrics_from_slice_batches_equal_tfmas_example_by_example(tmp_path):
   assert batched[()]['example_count'] == n
 
 
+def test_with_the_overall_slice_alone_a_batch_stays_whole(tmp_path):
+  frame = pd.DataFrame({'domain': ['a', 'b'] * 50, 'label': [0, 1] * 50, 'prediction': np.linspace(.1, .9, 100)})
+  eval_config = _eval_config(DOMAIN_METRICS, slicing_specs=[tfma.SlicingSpec()])
+  batched = _metrics_by_slice(frame, eval_config, custom_extractors(None, eval_config), tmp_path)
+  assert batched[()]['example_count'] == 100
+  assert [len(group[constants.INPUT_KEY]) for group in split_by_values(_batch(), [])] == [5]
+
+
 def _stage_names(extractors) -> list:
   return [extractor.stage_name for extractor in extractors]
 
