@@ -33,6 +33,7 @@ from absl import logging  # noqa: E402
 from tensorflow_model_analysis import constants  # noqa: E402
 from tensorflow_model_analysis.api import types  # noqa: E402
 from tensorflow_model_analysis.extractors import unbatch_extractor  # noqa: E402
+from tensorflow_model_analysis.utils import util  # noqa: E402
 
 from components import domain_metrics  # noqa: E402
 
@@ -79,7 +80,7 @@ def split_by_values(batch: types.Extracts, columns: Sequence[str]) -> Iterator[t
   """The batch's rows grouped by their values of `columns` (raw features), each group an extract with the
   batch's keys (the Arrow record batch left out, as the UnbatchExtractor does) holding that group's rows."""
   features = batch[constants.FEATURES_KEY]
-  size = _batch_size(batch)
+  size = util.batch_size(features)
   keys = zip(*(_row_values(features, column, size) for column in columns)) if columns else [()] * size
   groups: Dict[Tuple, List[int]] = {}
   for row, key in enumerate(keys):
@@ -88,15 +89,6 @@ def split_by_values(batch: types.Extracts, columns: Sequence[str]) -> Iterator[t
     index = np.asarray(rows)
     yield {key: _take(value, index, size) for key, value in batch.items()
            if key != constants.ARROW_RECORD_BATCH_KEY}
-
-
-def _batch_size(batch: types.Extracts) -> int:
-  """The batch's number of examples: its Arrow record batch's, or else its first feature's."""
-  record_batch = batch.get(constants.ARROW_RECORD_BATCH_KEY)
-  if record_batch is not None:
-    return record_batch.num_rows
-  first = next(iter(batch[constants.FEATURES_KEY].values()))
-  return first.dense_shape[0] if isinstance(first, types.VarLenTensorValue) else len(first)
 
 
 def _row_values(features: dict, column: str, size: int) -> List[Tuple]:

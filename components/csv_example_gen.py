@@ -119,7 +119,7 @@ class Executor(BaseExampleGenExecutor):
           raise ValueError('A hash split of the output needs exactly one input split; got '
                            f'{[s.name for s in input_config.splits]}.')
         if output_config.split_config.partition_feature_name:
-          raise ValueError('CsvExampleGen splits by a hash of the whole example: drop partition_feature_name '
+          raise ValueError('CsvExampleGen splits by a hash of each whole row: drop partition_feature_name '
                            f'({output_config.split_config.partition_feature_name!r}) from the output split_config.')
         buckets = list(itertools.accumulate(s.hash_buckets for s in output_config.split_config.splits))
         rows, types = pipeline | 'InputToBlocks' >> _CsvBlocks(exec_properties, input_config.splits[0].pattern)
